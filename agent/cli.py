@@ -1,0 +1,94 @@
+"""``digit-agent``: run, check-config, selftest, version.
+
+Exit codes: 0 fine; 1 cannot serve (model, self-test); 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from agent import __version__
+from agent.config import Config, ConfigError, load_config
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="digit-agent", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="logging level (default INFO)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", "-c", default="config.toml", help="config file (default: config.toml)")
+        sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one key (repeatable); also DIGIT_AGENT__SECTION__KEY=VALUE")
+        return sp
+
+    with_config("run", "run the daemon: read frames, infer, publish over MQTT")
+    with_config("check-config", "validate a config file; exit 0 if valid, 2 if not")
+    with_config("selftest", "load the model, run the golden set, print accuracy and latency")
+    sub.add_parser("version", help="print the version", description="print the version")
+    return p
+
+
+def _load(args: argparse.Namespace) -> Optional[Config]:
+    try:
+        return load_config(args.config, args.set)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    from agent.service.logsetup import setup_logging
+
+    setup_logging(args.log_level)
+    if args.command == "version":
+        print(f"digit-agent {__version__}")
+        return EXIT_OK
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(f"{args.config}: valid")
+        return EXIT_OK
+    if args.command == "selftest":
+        return _selftest(cfg)
+    return _run(cfg)
+
+
+def _selftest(cfg: Config) -> int:
+    from agent.daemon import StartupError, load_serving_model
+    from agent.inference import ModelError
+
+    try:
+        model, _, summary = load_serving_model(cfg, Path(cfg.inference.model))
+    except (ModelError, StartupError) as exc:
+        print(f"selftest FAILED: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"selftest passed: model {model.path.name} version {model.version}: {summary}")
+    return EXIT_OK
+
+
+def _run(cfg: Config) -> int:
+    from agent.daemon import Daemon, StartupError
+    from agent.inference import ModelError
+
+    try:
+        return Daemon(cfg).run()
+    except (ModelError, StartupError, ValueError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAIL

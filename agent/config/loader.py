@@ -1,0 +1,248 @@
+"""TOML text (+ overrides) in, a validated :class:`Config` out. Pure: no I/O beyond reading the file.
+
+Errors name the file, the line where the key stands, the dotted key and the reason, with a
+"did you mean" for near misses, e.g.::
+
+    config.toml:12: mqtt.hots: unknown key (did you mean 'host'?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+from agent.config.schema import Config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+__all__ = ["ENV_PREFIX", "ConfigError", "load_config", "parse_config"]
+
+ENV_PREFIX = "DIGIT_AGENT__"
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def load_config(path: Union[str, Path], overrides: Iterable[str] = (),
+                environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Read and validate ``path``; ``overrides`` are ``key.path=value`` strings (CLI ``--set``);
+    ``environ`` (default ``os.environ``) may hold ``DIGIT_AGENT__SECTION__KEY=value`` overrides."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
+    env = os.environ if environ is None else environ
+    env_overrides = [f"{k[len(ENV_PREFIX):].lower().replace('__', '.')}={v}"
+                     for k, v in sorted(env.items()) if k.startswith(ENV_PREFIX)]
+    return parse_config(text, str(p), [*env_overrides, *overrides])
+
+
+def parse_config(text: str, filename: str = "<config>", overrides: Iterable[str] = ()) -> Config:
+    """Validate TOML ``text``; relative paths resolve against ``filename``'s directory."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{filename}: invalid TOML: {exc}"]) from None
+    problems: list[str] = []
+    for item in overrides:
+        _apply_override(raw, item, problems)
+    lines = _KeyLines(text)
+    base = Path(filename).resolve().parent if not filename.startswith("<") else Path.cwd()
+    ctx = _Ctx(filename, lines, base, problems)
+    sections = _build(Config, raw, (), ctx, top=True)
+    if problems:
+        raise ConfigError(problems)
+    cfg = Config(**sections, source_file=filename)
+    _cross_checks(cfg, ctx)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+@dataclasses.dataclass
+class _Ctx:
+    filename: str
+    lines: _KeyLines
+    base: Path
+    problems: list[str]
+
+    def error(self, keypath: tuple[str, ...], reason: str) -> None:
+        line = self.lines.find(keypath)
+        where = f"{self.filename}:{line}" if line else self.filename
+        self.problems.append(f"{where}: {'.'.join(keypath)}: {reason}")
+
+
+class _KeyLines:
+    """Finds the line of ``table.key`` in TOML text (tomllib keeps no positions)."""
+
+    _TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\- ]+?)\s*\]")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self._where: dict[tuple[str, ...], int] = {}
+        table: tuple[str, ...] = ()
+        for n, line in enumerate(text.splitlines(), start=1):
+            if m := self._TABLE.match(line):
+                table = tuple(part.strip() for part in m.group(1).split("."))
+                self._where.setdefault(table, n)
+            elif m := self._KEY.match(line):
+                self._where.setdefault((*table, m.group(1)), n)
+
+    def find(self, keypath: tuple[str, ...]) -> Optional[int]:
+        for i in range(len(keypath), 0, -1):
+            if keypath[:i] in self._where:
+                return self._where[keypath[:i]]
+        return None
+
+
+def _apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None:
+    key, sep, value = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not sep or len(parts) != 2:
+        problems.append(f"override {item!r}: expected section.key=value")
+        return
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value  # a bare string such as host=broker.local
+    section = raw.setdefault(parts[0], {})
+    if isinstance(section, dict):
+        section[parts[1]] = parsed
+    else:
+        problems.append(f"override {item!r}: {parts[0]} is not a table")
+
+
+def _build(cls: type, raw: Any, keypath: tuple[str, ...], ctx: _Ctx, top: bool = False) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        ctx.error(keypath, f"expected a table, got {_tname(raw)}")
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    hints = get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        kp = (*keypath, key)
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(fields)}"
+            ctx.error(kp, f"unknown {'table' if top else 'key'}{hint}")
+            continue
+        ftype = hints[key]
+        if dataclasses.is_dataclass(ftype):
+            out[key] = ftype(**_build(ftype, value, kp, ctx))  # type: ignore[operator]
+        else:
+            checked = _check_value(ftype, value, fields[key].metadata, kp, ctx)
+            if checked is not _INVALID:
+                out[key] = checked
+    return out
+
+
+_INVALID = object()
+
+
+def _check_value(ftype: Any, value: Any, meta: Mapping[str, Any], kp: tuple[str, ...], ctx: _Ctx) -> Any:
+    origin = get_origin(ftype)
+    if origin is tuple:
+        return _check_tuple(get_args(ftype)[0], value, meta, kp, ctx)
+    if ftype is bool:
+        ok = isinstance(value, bool)
+    elif ftype is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif ftype is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        ctx.error(kp, f"expected {ftype.__name__}, got {_tname(value)} {value!r}")
+        return _INVALID
+    reason = _limit_problem(value, meta)
+    if reason:
+        ctx.error(kp, reason)
+        return _INVALID
+    if meta.get("path") and value:
+        value = _resolve_path(value, ctx.base)
+    return value
+
+
+def _check_tuple(item_type: Any, value: Any, meta: Mapping[str, Any], kp: tuple[str, ...], ctx: _Ctx) -> Any:
+    if not isinstance(value, list):
+        ctx.error(kp, f"expected an array, got {_tname(value)}")
+        return _INVALID
+    lo, hi = meta.get("length", (0, 1 << 30))
+    allowed = meta.get("lengths")
+    if allowed and len(value) not in allowed:
+        ctx.error(kp, f"expected {' or '.join(map(str, allowed))} items, got {len(value)}")
+        return _INVALID
+    if not lo <= len(value) <= hi:
+        ctx.error(kp, f"expected {lo} to {hi} items, got {len(value)}")
+        return _INVALID
+    items = []
+    for i, v in enumerate(value):
+        if not isinstance(v, item_type) or isinstance(v, bool):
+            ctx.error((*kp[:-1], f"{kp[-1]}[{i}]"), f"expected {item_type.__name__}, got {_tname(v)}")
+            return _INVALID
+        items.append(v)
+    return tuple(items)
+
+
+def _limit_problem(value: Any, meta: Mapping[str, Any]) -> Optional[str]:
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        return f"{value!r} is out of range: must be between {lo} and {hi}"
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{value!r} is not one of {', '.join(map(repr, choices))}{hint}"
+    pattern = meta.get("pattern")
+    if pattern and not re.match(pattern, value):
+        return f"{value!r} does not match {pattern}"
+    return None
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    if value == "-" or "://" in value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else base / p)
+
+
+def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
+    m, s = cfg.mqtt, cfg.source
+    if m.reconnect_min_s > m.reconnect_max_s:
+        ctx.error(("mqtt", "reconnect_min_s"), "must not exceed mqtt.reconnect_max_s")
+    if bool(m.tls_cert) != bool(m.tls_key):
+        ctx.error(("mqtt", "tls_cert"), "tls_cert and tls_key go together")
+    if m.tls_cert and not m.tls_ca:
+        ctx.error(("mqtt", "tls_ca"), "a client certificate needs tls_ca (TLS)")
+    if m.password_file and not m.username:
+        ctx.error(("mqtt", "username"), "password_file is set but username is empty")
+    if s.reopen_min_s > s.reopen_max_s:
+        ctx.error(("source", "reopen_min_s"), "must not exceed source.reopen_max_s")
+    if s.type == "pipe":
+        if s.pixel_format == "yuv420" and (s.width % 2 or s.height % 2):
+            ctx.error(("source", "width"), "yuv420 needs an even width and height")
+        if s.roi:
+            x, y, w, h = s.roi
+            if w < 1 or h < 1 or x < 0 or y < 0 or x + w > s.width or y + h > s.height:
+                ctx.error(("source", "roi"), f"{list(s.roi)} does not fit a {s.width}x{s.height} frame")
+
+
+def _tname(value: Any) -> str:
+    return {dict: "table", list: "array", str: "string", bool: "boolean", int: "integer",
+            float: "float"}.get(type(value), type(value).__name__)

@@ -1,0 +1,207 @@
+"""The daemon: builds the components from the config, runs their threads, shuts down in order.
+
+Threads (see docs/architecture.md): main = inference loop; ``source`` fills the ring;
+``watchdog`` terminates stuck runs; ``health`` publishes telemetry; the publisher's network and
+dispatch threads; the OTA worker; ``sd-watchdog`` pings systemd while the others make progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Optional
+
+from agent import __version__
+from agent.config.schema import Config
+from agent.health import HealthSampler
+from agent.inference import Engine, LoadedModel, ModelError, evaluate_golden, load_golden
+from agent.inference.model import read_card
+from agent.pipeline import InferenceLoop
+from agent.preprocess import Preprocessor
+from agent.publish import Publisher
+from agent.ring import FrameRing
+from agent.service.liveness import Liveness
+from agent.service.sdnotify import Notifier, WatchdogPinger
+from agent.source import make_source
+
+__all__ = ["Daemon", "StartupError", "load_serving_model"]
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start serving (model, golden set or self-test); exit code 1."""
+
+
+def load_serving_model(cfg: Config, path: Path) -> tuple[LoadedModel, Preprocessor, str]:
+    """Load ``path``, run the golden self-test; a model that fails it never serves."""
+    card = read_card(path, cfg.inference.model_card if path == Path(cfg.inference.model) else "")
+    model = LoadedModel.load(path, cfg.inference.batch_max, card)
+    pre = Preprocessor.from_card(card, max_side=_max_side(cfg))
+    result = evaluate_golden(model, load_golden(cfg.inference.golden), pre)
+    if not result.finite or result.accuracy < cfg.inference.selftest_min_accuracy:
+        raise StartupError(f"self-test failed for {path}: {result.summary()} "
+                           f"(floor {cfg.inference.selftest_min_accuracy * 100:.1f} %)")
+    return model, pre, result.summary()
+
+
+def _max_side(cfg: Config) -> int:
+    s = cfg.source
+    if s.type == "pipe":
+        return max(s.roi[2:]) if s.roi else max(s.width, s.height)
+    return s.max_frame_side
+
+
+def _ring_shape(cfg: Config) -> tuple[int, int]:
+    s = cfg.source
+    return (s.height, s.width) if s.type == "pipe" else (s.max_frame_side, s.max_frame_side)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, stop: Optional[threading.Event] = None) -> None:
+        self.cfg = cfg
+        self.stop = stop or threading.Event()
+        self.liveness = Liveness()
+        self.notifier = Notifier.from_env()
+        self.threads: list[threading.Thread] = []
+        self._health_changed = threading.Event()
+
+    # -- start-up -----------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.cfg
+        from agent.control.ota import OtaController, startup_model
+
+        model_path, ota_info = startup_model(cfg)
+        try:
+            model, self.pre, summary = load_serving_model(cfg, Path(model_path))
+        except (ModelError, StartupError) as exc:
+            if Path(model_path) == Path(cfg.inference.model):
+                raise StartupError(str(exc)) from None
+            log.error("OTA model failed its start-up self-test (%s); serving the shipped model", exc)
+            model, self.pre, summary = load_serving_model(cfg, Path(cfg.inference.model))
+        log.info("model %s version %d ready: %s (%s)", model.path.name, model.version, summary, ota_info)
+        self.engine = Engine(model, cfg.inference.deadline_ms, cfg.inference.watchdog_factor, self.stop)
+        self.ring = FrameRing(cfg.source.ring_slots, *_ring_shape(cfg))
+        self.source = make_source(cfg.source)
+        self.publisher = Publisher(cfg, self.stop)
+        self.loop = InferenceLoop(self.ring, self.engine, self.pre, self.publisher.publish, cfg.mqtt.qos,
+                                  min(cfg.inference.batch_max, model.batch_max), self.stop, self.liveness.beat)
+        self.ota = OtaController(cfg, self.publisher, self.engine, self.stop)
+        self.health = HealthSampler(cfg.health.thermal_zone, {
+            "frames": self._frame_counters, "inference": self._inference_stats,
+            "source": self.source.stats, "mqtt": self.publisher.stats, "model": self._model_info,
+            "ota": self.ota.stats})
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        t = threading.Thread(target=self._guard(name, target), name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def _guard(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                target()
+            except Exception:
+                log.exception("thread %s died; stopping the daemon so systemd restarts it", name)
+                self.stop.set()
+        return body
+
+    # -- run ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (or a finite replay ends); returns the exit code."""
+        self._install_signals()
+        self._build()
+        self.publisher.start()
+        self._spawn("watchdog", self.engine.watchdog)
+        self._spawn("source", self._run_source)
+        self._spawn("health", self._run_health)
+        self.ota.start()
+        if self.notifier.watchdog_interval_s:
+            max_age = max(2.0, self.notifier.watchdog_interval_s)
+            self._spawn("sd-watchdog", WatchdogPinger(self.notifier, self.liveness, self.stop, max_age).run)
+        self.notifier.ready()
+        self.notifier.status(self._status_line())
+        log.info("digit-agent %s serving device %s from %s source", __version__, self.cfg.device.id,
+                 self.cfg.source.type)
+        self.loop.run()
+        return self._shutdown()
+
+    def _run_source(self) -> None:
+        self.source.run(self.ring, self.stop)
+        if not self.stop.is_set():  # a finite replay ended: serve what is left, then stop cleanly
+            self.ring.wait_empty(10.0)
+            log.info("source finished; stopping")
+            self.stop.set()
+
+    def _run_health(self) -> None:
+        interval = self.cfg.health.interval_s
+        next_t = time.monotonic()
+        last_state: Any = None
+        while not self.stop.wait(min(0.5, interval)):
+            self.liveness.beat("health")
+            state = (self.source.stats().get("state"), self.publisher.stats().get("connected"),
+                     self.ota.state())
+            if time.monotonic() >= next_t or state != last_state:
+                self.publish_health()
+                self.notifier.status(self._status_line())
+                next_t = time.monotonic() + interval
+                last_state = state
+
+    def publish_health(self) -> None:
+        doc = self.health.sample()
+        self.publisher.publish("health", json.dumps(doc, separators=(",", ":")).encode(), self.cfg.mqtt.qos)
+
+    def _shutdown(self) -> int:
+        log.info("stopping: draining frames and flushing MQTT")
+        self.notifier.stopping()
+        for t in self.threads:
+            t.join(timeout=2.0)
+        self.ota.stop()
+        self.publish_health()
+        self.publisher.stop(timeout=5.0)
+        log.info("stopped after %d results", self.loop.seq)
+        return 0
+
+    def _install_signals(self) -> None:
+        def handler(signum: int, frame: Optional[FrameType]) -> None:
+            log.info("signal %s: shutting down", signal.Signals(signum).name)
+            self.stop.set()
+            self.ring_wake()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
+
+    def ring_wake(self) -> None:
+        ring = getattr(self, "ring", None)
+        if ring is not None:
+            ring.wake()
+
+    # -- telemetry providers ------------------------------------------------------------------
+    def _frame_counters(self) -> dict[str, Any]:
+        src = self.source.stats()
+        corrupt = sum(int(src.get(k) or 0) for k in ("crc_errors", "oversize", "malformed", "misaligned"))
+        return {"in": self.ring.committed, "ok": self.loop.seq, "corrupt": corrupt,
+                "dropped": self.ring.dropped_oldest + self.loop.stale_dropped,
+                "dropped_oldest": self.ring.dropped_oldest, "dropped_stale": self.loop.stale_dropped,
+                "pending": self.ring.pending()}
+
+    def _inference_stats(self) -> dict[str, Any]:
+        return {**self.engine.counters(), **self.engine.latency.drain(),
+                "last_digit": self.loop.last_digit, "last_confidence": self.loop.last_confidence}
+
+    def _model_info(self) -> dict[str, Any]:
+        m = self.engine.model
+        return {"version": m.version, "sha256": m.sha256, "path": str(m.path)}
+
+    def _status_line(self) -> str:
+        c = self.engine.counters()
+        mq = self.publisher.stats()
+        return (f"model v{self.engine.model.version}; {c['inferences']} inferences, "
+                f"{c['deadline_misses']} misses; source {self.source.stats().get('state')}; "
+                f"mqtt {'connected' if mq.get('connected') else 'disconnected'}")

@@ -1,0 +1,116 @@
+"""The inference loop: ring → preprocess → engine → result messages. One thread owns it.
+
+Per batch it only indexes preallocated arrays: frames are read in place from the ring, written
+by the preprocessor into the model's bound input, and the model writes into its bound output.
+The one per-result allocation is the JSON payload handed to the publisher.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Callable, Optional
+
+import numpy as np
+
+from agent.inference.engine import Engine, InferenceAborted
+from agent.preprocess import Preprocessor
+from agent.publish.payloads import encode_result
+from agent.ring import FrameRing
+
+__all__ = ["InferenceLoop", "ResultSink"]
+
+log = logging.getLogger(__name__)
+
+# (suffix, payload, qos) — the publisher's ``publish`` or a test's collector.
+ResultSink = Callable[[str, bytes, int], None]
+
+
+class InferenceLoop:
+    def __init__(self, ring: FrameRing, engine: Engine, pre: Preprocessor, sink: ResultSink,
+                 qos: int, batch_max: int, stop: threading.Event,
+                 beat: Callable[[str], None] = lambda name: None) -> None:
+        self.ring, self.engine, self.pre, self.sink = ring, engine, pre, sink
+        self.qos, self.batch_max, self.stop, self.beat = qos, batch_max, stop, beat
+        self.boot_id = uuid.uuid4().hex[:16]
+        self.seq = 0  # result sequence number, monotonic per boot
+        self.stale_dropped = 0
+        self.last_digit: Optional[int] = None
+        self.last_confidence: Optional[float] = None
+        self._idx = np.zeros(batch_max, dtype=np.int64)
+        self._keep = np.zeros(batch_max, dtype=np.int64)
+        self._hang_after = int(os.environ.get("DIGIT_AGENT_TEST_HANG_AFTER", "0"))  # systemd watchdog tests
+
+    def run(self, drain_timeout_s: float = 2.0) -> None:
+        """Serve until ``stop``; then finish what is already in the ring (bounded by a timeout)."""
+        while not self.stop.is_set():
+            self.step(0.5)
+        deadline = time.monotonic() + drain_timeout_s
+        while self.ring.pending() and time.monotonic() < deadline:
+            self.step(0.0)
+
+    def step(self, timeout: float) -> int:
+        """Take up to ``batch_max`` waiting frames and serve them; returns how many were taken."""
+        n = self.ring.take(self._idx, self.batch_max, timeout)
+        self.beat("inference")
+        if n:
+            try:
+                self._serve(n)
+            finally:
+                self.ring.release(self._idx, n)
+        self.engine.apply_swap()  # between two batches: a swap never splits or delays one
+        return n
+
+    def _serve(self, n: int) -> None:
+        engine, ring = self.engine, self.ring
+        now = time.monotonic_ns()
+        m = 0
+        for k in range(n):
+            i = int(self._idx[k])
+            if now - int(ring.t_ns[i]) > engine.deadline_ns:
+                self.stale_dropped += 1  # too old to be useful: drop, don't infer late
+                continue
+            self._keep[m] = i
+            m += 1
+        if not m:
+            return
+        x, y = engine.model.buffers(m)
+        for k in range(m):
+            self.pre(ring.view(int(self._keep[k])), x[k])
+        self._maybe_hang()
+        try:
+            latency_ns = engine.infer(m)
+        except InferenceAborted as exc:
+            log.error("inference failed, %d frame(s) skipped: %s", m, exc)
+            return
+        self._publish(m, y, latency_ns)
+
+    def _publish(self, m: int, y: np.ndarray, latency_ns: int) -> None:
+        engine, ring = self.engine, self.ring
+        done = time.monotonic_ns()
+        ts = time.time()
+        missed = latency_ns > engine.deadline_ns
+        for k in range(m):
+            i = int(self._keep[k])
+            probs = y[k]
+            digit = int(probs.argmax())
+            self.last_digit, self.last_confidence = digit, float(probs[digit])
+            self.seq += 1
+            payload = encode_result(
+                seq=self.seq, boot_id=self.boot_id, frame_seq=int(ring.frame_seq[i]), digit=digit,
+                confidence=self.last_confidence, probs=probs, latency_us=latency_ns // 1000,
+                frame_age_us=(done - int(ring.t_ns[i])) // 1000, deadline_missed=missed,
+                model_version=engine.model.version, ts=ts)
+            self.sink("result", payload, self.qos)
+
+    def _maybe_hang(self) -> None:
+        if self._hang_after and self.engine.inferences >= self._hang_after:
+            log.warning("DIGIT_AGENT_TEST_HANG_AFTER reached: the inference loop now hangs (test hook)")
+            while not self.stop.wait(0.5):
+                pass
+
+    def counters(self) -> dict[str, int]:
+        return {"results": self.seq, "stale_dropped": self.stale_dropped}
