@@ -58,6 +58,9 @@ class MqttConfig:
     reconnect_max_s: float = _f(30.0, "reconnect delay cap (exponential backoff with jitter)",
                                 min=0.1, max=3600.0)
     max_inflight: int = _f(64, "unacknowledged QoS>0 messages at once", min=1, max=65535)
+    connect_timeout_s: float = _f(5.0, "TCP/TLS connect and CONNACK timeout", min=0.5, max=120.0)
+    rx_queue_max: int = _f(1024, "received messages waiting for their handler; newer ones are dropped "
+                                 "beyond", min=1, max=1_000_000)
 
 
 @dataclass(frozen=True)

@@ -101,9 +101,8 @@ class LoadedModel:
             problems.append(f"input {i.name} has shape {i.shape}, expected [N, 1, 28, 28]")
         if len(o.shape) != 2 or o.shape[1] != NUM_CLASSES:
             problems.append(f"output {o.name} has shape {o.shape}, expected [N, 10]")
-        fixed = [d for d in (i.shape[0], o.shape[0]) if isinstance(d, int)]
-        if fixed and self.batch_max > 1 and any(d != self.batch_max for d in fixed) and any(d == 1 for d in fixed):
-            problems.append(f"batch dimension is fixed at {fixed[0]}; micro-batches need a dynamic one")
+        if isinstance(i.shape[0], int) and i.shape[0] != 1:
+            problems.append(f"batch dimension is fixed at {i.shape[0]}; use 1 or a dynamic one")
         return problems
 
     def _bind(self) -> None:

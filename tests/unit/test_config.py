@@ -1,0 +1,108 @@
+"""The config model: strict keys, bounds, helpful errors, overrides; the CLI's exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config, parse_config
+from tests.conftest import REPO
+
+
+def errors(text: str, overrides: tuple[str, ...] = ()) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "site.toml", overrides)
+    return info.value.problems
+
+
+def test_shipped_config_is_valid() -> None:
+    cfg = load_config(REPO / "config.toml", environ={})
+    assert cfg.source.type == "replay"
+    assert Path(cfg.inference.model).is_absolute()
+    assert cfg.topic("result") == "digit-agent/digit-demo/result"
+
+
+def test_unknown_key_names_file_line_path_and_suggestion() -> None:
+    (problem,) = errors("[device]\nid = 'a'\n\n[mqtt]\nhots = 'x'\n")
+    assert problem.startswith("site.toml:5: mqtt.hots: unknown key")
+    assert "did you mean 'host'" in problem
+
+
+def test_out_of_range_port_names_the_bound() -> None:
+    (problem,) = errors("[mqtt]\nport = 70000\n")
+    assert "mqtt.port" in problem and "65535" in problem
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("[mqtt]\nport = '1883'\n", "expected int, got string"),
+    ("[mqtt]\nqos = 3\n", "mqtt.qos"),
+    ("[mqtt]\nqos = true\n", "expected int, got boolean"),
+    ("[source]\ntype = 'serail'\n", "did you mean 'serial'"),
+    ("[inference]\nbatch_max = 5\n", "inference.batch_max"),
+    ("[inference]\ndeadline_ms = 0\n", "inference.deadline_ms"),
+    ("[device]\nid = 'has space'\n", "device.id"),
+    ("[mqtt]\ntopic_prefix = 'a/#'\n", "mqtt.topic_prefix"),
+    ("[source]\nroi = [1, 2]\n", "expected 0 or 4 items"),
+    ("[sorce]\ntype = 'replay'\n", "did you mean 'source'"),
+    ("[mqtt]\ntls_cert = 'c.pem'\ntls_key = 'k.pem'\n", "needs tls_ca"),
+    ("[mqtt]\nreconnect_min_s = 10.0\nreconnect_max_s = 1.0\n", "reconnect_min_s"),
+    ("[source]\ntype = 'pipe'\nwidth = 100\nheight = 100\nroi = [90, 90, 20, 20]\n", "does not fit"),
+    ("mqtt = 3\n", "expected a table"),
+    ("[mqtt\n", "invalid TOML"),
+])
+def test_each_problem_is_reported(text: str, needle: str) -> None:
+    assert any(needle in p for p in errors(text)), errors(text)
+
+
+def test_all_problems_reported_at_once() -> None:
+    assert len(errors("[mqtt]\nport = 0\nqos = 9\nhots = 'x'\n")) == 3
+
+
+def test_overrides_from_cli_and_environment(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[mqtt]\nport = 1883\n")
+    cfg = load_config(f, ["mqtt.host=broker.local", "source.roi=[1, 2, 3, 4]"],
+                      environ={"DIGIT_AGENT__MQTT__PORT": "1884", "DIGIT_AGENT__MQTT__TOPIC_PREFIX": "site"})
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.topic_prefix) == ("broker.local", 1884, "site")
+    assert cfg.source.roi == (1, 2, 3, 4)
+    with pytest.raises(ConfigError, match="mqtt.port"):
+        load_config(f, ["mqtt.port=99999"], environ={})
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(f, ["port=1"], environ={})
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    f = tmp_path / "etc" / "c.toml"
+    f.parent.mkdir()
+    f.write_text("[inference]\nmodel = 'm.onnx'\n[source]\ntype = 'serial'\nport = 'loop://'\n")
+    cfg = load_config(f, environ={})
+    assert cfg.inference.model == str(tmp_path / "etc" / "m.onnx")
+    assert cfg.source.port == "loop://"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    assert _cli("check-config", "--config", "config.toml").returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[mqtt]\nhots = "x"\n')
+    r = _cli("check-config", "--config", str(bad))
+    assert r.returncode == 2
+    assert "mqtt.hots" in r.stderr and "did you mean 'host'" in r.stderr
+    bad.write_text("[mqtt]\nport = 70000\n")
+    r = _cli("check-config", "--config", str(bad))
+    assert r.returncode == 2 and "65535" in r.stderr
+    assert _cli("check-config", "--config", str(tmp_path / "missing.toml")).returncode == 2
+
+
+def test_version_and_help() -> None:
+    assert _cli("version").stdout.startswith("digit-agent ")
+    for cmd in ("run", "check-config", "selftest"):
+        r = _cli(cmd, "--help")
+        assert r.returncode == 0 and "--config" in r.stdout

@@ -1,0 +1,80 @@
+"""Model loading and the engine: signature checks, bound buffers, deadlines, watchdog, swaps."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.inference import Engine, InferenceAborted, LoadedModel, ModelError
+from tests.helpers.models import make_model
+
+
+def test_load_binds_every_batch_size(tmp_path: Path) -> None:
+    m = LoadedModel.load(make_model(tmp_path / "m.onnx"), batch_max=4, card={"version": 7})
+    assert (m.version, m.input_name, m.output_name, m.batch_max) == (7, "input", "probs", 4)
+    x = np.random.default_rng(1).random((4, 1, 28, 28), dtype=np.float32)
+    ref = m.predict(x)
+    for n in (1, 2, 3, 4):
+        xin, yout = m.buffers(n)
+        xin[...] = x[:n]
+        m.run(n)
+        np.testing.assert_allclose(yout, ref[:n], rtol=1e-5)
+        np.testing.assert_allclose(yout.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_fixed_batch_model_serves_one_at_a_time(tmp_path: Path) -> None:
+    m = LoadedModel.load(make_model(tmp_path / "m.onnx", "fixed_batch"), batch_max=4, card={})
+    assert m.batch_max == 1
+
+
+@pytest.mark.parametrize(("kind", "needle"), [("wrong_shape", "expected [N, 1, 28, 28]")])
+def test_bad_signature_is_refused(tmp_path: Path, kind: str, needle: str) -> None:
+    with pytest.raises(ModelError, match=needle.replace("[", r"\[")):
+        LoadedModel.load(make_model(tmp_path / "m.onnx", kind), card={})
+
+
+def test_garbage_file_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="onnxruntime refused"):
+        LoadedModel.load(bad, card={})
+    with pytest.raises(ModelError, match="cannot read"):
+        LoadedModel.load(tmp_path / "missing.onnx", card={})
+
+
+def test_deadline_misses_are_counted(tmp_path: Path) -> None:
+    m = LoadedModel.load(make_model(tmp_path / "m.onnx"), card={})
+    eng = Engine(m, deadline_ms=0.05, watchdog_factor=1000, stop=threading.Event())
+    eng.infer(1)
+    slow = Engine(m, deadline_ms=10_000, watchdog_factor=2, stop=threading.Event())
+    slow.infer(2)
+    assert slow.deadline_misses == 0 and slow.inferences == 2
+    assert eng.inferences == 1 and eng.latency.drain()["count"] == 1
+
+
+def test_watchdog_terminates_a_stuck_run(tmp_path: Path) -> None:
+    m = LoadedModel.load(make_model(tmp_path / "slow.onnx", "slow", slow_steps=3000), card={})
+    stop = threading.Event()
+    eng = Engine(m, deadline_ms=0.1, watchdog_factor=20, stop=stop)  # abort after 2 ms
+    t = threading.Thread(target=eng.watchdog, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(InferenceAborted):
+            eng.infer(1)
+        assert eng.aborted == 1 and eng.errors == 1
+    finally:
+        stop.set()
+        t.join(2)
+
+
+def test_swap_applies_between_batches(tmp_path: Path) -> None:
+    a = LoadedModel.load(make_model(tmp_path / "a.onnx"), card={"version": 1})
+    b = LoadedModel.load(make_model(tmp_path / "b.onnx"), card={"version": 2})
+    eng = Engine(a, 5.0, 20.0, threading.Event())
+    eng.request_swap(b)
+    assert eng.model is a  # not before the inference thread says so
+    assert eng.apply_swap() is a and eng.model is b and eng.swaps == 1
+    assert eng.apply_swap() is None
