@@ -8,6 +8,7 @@ comes back or ``stop`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -104,10 +105,8 @@ class SerialSource:
             self.read_errors += 1
             self._went_down(f"read failed: {exc}")
         finally:
-            try:
+            with contextlib.suppress(serial.SerialException, OSError):  # already gone: nothing to free
                 port.close()
-            except (serial.SerialException, OSError):
-                pass  # already gone; nothing left to release
             self.decoder.reset()  # a partial frame from before must not merge with new data
 
     def _went_down(self, error: str) -> None:
