@@ -25,8 +25,7 @@ from agent.pipeline import InferenceLoop
 from agent.preprocess import Preprocessor
 from agent.publish import Publisher
 from agent.ring import FrameRing
-from agent.service.liveness import Liveness
-from agent.service.sdnotify import Notifier, WatchdogPinger
+from agent.service import Liveness, Notifier, WatchdogPinger
 from agent.source import make_source
 
 __all__ = ["Daemon", "StartupError", "load_serving_model"]
@@ -66,7 +65,7 @@ class Daemon:
     def __init__(self, cfg: Config, stop: Optional[threading.Event] = None) -> None:
         self.cfg = cfg
         self.stop = stop or threading.Event()
-        self.liveness = Liveness()
+        self.liveness = Liveness(expected=("inference", "health", "mqtt"))
         self.notifier = Notifier.from_env()
         self.threads: list[threading.Thread] = []
         self._health_changed = threading.Event()
@@ -144,6 +143,8 @@ class Daemon:
         last_state: Any = None
         while not self.stop.wait(min(0.5, interval)):
             self.liveness.beat("health")
+            if self.publisher.alive():
+                self.liveness.beat("mqtt")
             state = (self.source.stats().get("state"), self.publisher.stats().get("connected"),
                      self.ota.state())
             if time.monotonic() >= next_t or state != last_state:

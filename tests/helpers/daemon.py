@@ -1,0 +1,86 @@
+"""Run the real daemon (``python -m agent run``) as a subprocess against a test broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from tests.helpers.broker import Broker
+
+__all__ = ["AgentProcess", "write_config"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, broker: Broker, **sections: dict[str, Any]) -> Path:
+    """A config for ``broker`` with the shipped model; ``sections`` override keys per table."""
+    base: dict[str, dict[str, Any]] = {
+        "device": {"id": "dev1"},
+        "mqtt": {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0},
+        "source": {"type": "replay", "path": str(REPO / "models" / "golden.npz"), "rate_hz": 0.0},
+        "inference": {"model": str(REPO / "models" / "digit_int8.onnx"),
+                      "golden": str(REPO / "models" / "golden.npz"), "deadline_ms": 50.0},
+        "health": {"interval_s": 1.0},
+        "ota": {"state_dir": str(path.parent / "state"), "trusted_keys": str(path.parent / "keys")},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) + "\n"
+                   for name, table in base.items())
+    path.write_text(text)
+    return path
+
+
+class AgentProcess:
+    def __init__(self, config: Path, env: Optional[dict[str, str]] = None, log_level: str = "INFO") -> None:
+        self.log = config.with_suffix(".log")
+        self._logf = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--log-level", log_level, "run", "--config", str(config)],
+            cwd=REPO, stdout=self._logf, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._logf.close()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.output():
+                return True
+            if self.proc.poll() is not None:
+                return needle in self.output()
+            time.sleep(0.05)
+        return False
