@@ -1,0 +1,104 @@
+"""OTA test material built here, not downloaded: a synthetic golden set, tiny ONNX models, keys.
+
+The golden set is ten fixed block patterns (jittered, noisy) so it goes through the real preprocessor;
+the "good" model is a nearest-centroid classifier over those preprocessed digits (100 % here), and
+the broken variants (NaN, wrong shape, slow, inaccurate, garbage) are built with ``onnx.helper``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from onnx import TensorProto, helper, numpy_helper
+
+from agent.preprocess import Preprocessor
+
+__all__ = ["golden_set", "model_bytes", "write_golden", "write_pub"]
+
+_PATTERNS = np.random.default_rng(2024).random((10, 5, 4)) < 0.5
+_PATTERNS[:, [0, 0, -1, -1], [0, -1, 0, -1]] = True  # corners always on: the bounding box is the grid
+
+
+def _glyph(digit: int, rng: np.random.Generator) -> np.ndarray:
+    """A 5x4 grid of 4x3-pixel blocks, one fixed random pattern per class, placed with jitter."""
+    img = np.zeros((28, 28), dtype=np.float32)
+    top, left = 4 + rng.integers(-2, 3), 8 + rng.integers(-2, 3)
+    block = np.kron(_PATTERNS[digit], np.ones((4, 3))) * 230.0
+    img[top:top + 20, left:left + 12] = block
+    img += rng.normal(0, 5, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def golden_set(per_class: int = 5, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+    images = np.stack([_glyph(int(d), rng) for d in labels])
+    return images, labels
+
+
+def write_golden(path: Path, per_class: int = 5) -> Path:
+    images, labels = golden_set(per_class)
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+def _centroids() -> tuple[np.ndarray, np.ndarray]:
+    images, labels = golden_set(per_class=8, seed=1)
+    pre = Preprocessor(max_side=28)
+    feats = np.zeros((len(images), 1, 28, 28), dtype=np.float32)
+    for i, img in enumerate(images):
+        pre(img, feats[i])
+    flat = feats.reshape(len(images), -1)
+    c = np.stack([flat[labels == d].mean(axis=0) for d in range(10)]).astype(np.float32)
+    return c.T.copy(), (-0.5 * (c * c).sum(axis=1)).astype(np.float32)
+
+
+def model_bytes(kind: str = "good", tag: int = 0, out_classes: int = 10, slow_layers: int = 60,
+                opset: int = 13) -> bytes:
+    """``good`` | ``inaccurate`` | ``nan`` | ``wrong_shape`` | ``slow`` | ``garbage``; ``tag`` makes
+    otherwise identical models differ byte-wise (different versions of the same weights)."""
+    if kind == "garbage":
+        return b"this is not an onnx model" * 40
+    w, b = _centroids()
+    if kind == "inaccurate":
+        w = np.roll(w, 3, axis=1)  # every class answers for another one
+    if kind == "wrong_shape":
+        w, b = w[:, :out_classes], b[:out_classes]
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1)]
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
+             numpy_helper.from_array(np.array([0.01], np.float32), "T")]
+    x = "flat"
+    if kind == "slow":
+        inits.append(numpy_helper.from_array(np.eye(784, dtype=np.float32), "I"))
+        for k in range(slow_layers):
+            nodes.append(helper.make_node("MatMul", [x, "I"], [f"s{k}"]))
+            x = f"s{k}"
+    nodes += [helper.make_node("MatMul", [x, "W"], ["mm"]), helper.make_node("Add", ["mm", "B"], ["lg"]),
+              helper.make_node("Mul", ["lg", "T"], ["lt"]),
+              helper.make_node("Softmax", ["lt"], ["sm"], axis=1)]
+    if kind == "nan":
+        inits.append(numpy_helper.from_array(np.array([np.nan], np.float32), "N"))
+        nodes.append(helper.make_node("Mul", ["sm", "N"], ["probs"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["sm"], ["probs"]))
+    graph = helper.make_graph(
+        nodes, f"digit-{kind}-{tag}",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", out_classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              doc_string=f"test model {kind} {tag}")
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def write_pub(directory: Path, key: Ed25519PrivateKey, name: Optional[str] = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    pub = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    path = directory / f"{name or 'k' + str(len(list(directory.glob('*.pub'))))}.pub"
+    path.write_bytes(pub)
+    return path
+
