@@ -7,7 +7,6 @@ dispatch threads; the OTA worker; ``sd-watchdog`` pings systemd while the others
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -24,6 +23,7 @@ from agent.inference.model import read_card
 from agent.pipeline import InferenceLoop
 from agent.preprocess import Preprocessor
 from agent.publish import Publisher
+from agent.publish.payloads import encode_health
 from agent.ring import FrameRing
 from agent.service import Liveness, Notifier, WatchdogPinger
 from agent.source import make_source
@@ -155,7 +155,7 @@ class Daemon:
 
     def publish_health(self) -> None:
         doc = self.health.sample()
-        self.publisher.publish("health", json.dumps(doc, separators=(",", ":")).encode(), self.cfg.mqtt.qos)
+        self.publisher.publish("health", encode_health(doc), self.cfg.mqtt.qos)
 
     def _shutdown(self) -> int:
         log.info("stopping: draining frames and flushing MQTT")

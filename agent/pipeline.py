@@ -18,7 +18,7 @@ import numpy as np
 
 from agent.inference.engine import Engine, InferenceAborted
 from agent.preprocess import Preprocessor
-from agent.publish.payloads import encode_result
+from agent.publish.payloads import ResultEncoder
 from agent.ring import FrameRing
 
 __all__ = ["InferenceLoop", "ResultSink"]
@@ -36,6 +36,7 @@ class InferenceLoop:
         self.ring, self.engine, self.pre, self.sink = ring, engine, pre, sink
         self.qos, self.batch_max, self.stop, self.beat = qos, batch_max, stop, beat
         self.boot_id = uuid.uuid4().hex[:16]
+        self._encoder = ResultEncoder(self.boot_id)
         self.seq = 0  # result sequence number, monotonic per boot
         self.stale_dropped = 0
         self.last_digit: Optional[int] = None
@@ -99,11 +100,9 @@ class InferenceLoop:
             digit = int(probs.argmax())
             self.last_digit, self.last_confidence = digit, float(probs[digit])
             self.seq += 1
-            payload = encode_result(
-                seq=self.seq, boot_id=self.boot_id, frame_seq=int(ring.frame_seq[i]), digit=digit,
-                confidence=self.last_confidence, probs=probs, latency_us=latency_ns // 1000,
-                frame_age_us=(done - int(ring.t_ns[i])) // 1000, deadline_missed=missed,
-                model_version=engine.model.version, ts=ts)
+            payload = self._encoder.encode(
+                self.seq, int(ring.frame_seq[i]), digit, self.last_confidence, probs, latency_ns // 1000,
+                (done - int(ring.t_ns[i])) // 1000, missed, engine.model.version, ts)
             self.sink("result", payload, self.qos)
 
     def _maybe_hang(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 __all__ = ["main"]
 
@@ -119,7 +120,7 @@ def _subscribe(port: int, protocol: str, args: argparse.Namespace) -> int:
         with np.load(golden) as data:
             labels = np.asarray(data["labels"])
     printer = _Printer(labels)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="digit-demo-viewer",
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="digit-demo-viewer",
                          protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
     client.on_message = printer.on_message
     client.connect("127.0.0.1", port)

@@ -143,7 +143,7 @@ def _build(cls: type, raw: Any, keypath: tuple[str, ...], ctx: _Ctx, top: bool =
             continue
         ftype = hints[key]
         if dataclasses.is_dataclass(ftype):
-            out[key] = ftype(**_build(ftype, value, kp, ctx))  # type: ignore[operator]
+            out[key] = ftype(**_build(ftype, value, kp, ctx))  # type: ignore[arg-type,operator]
         else:
             checked = _check_value(ftype, value, fields[key].metadata, kp, ctx)
             if checked is not _INVALID:
@@ -202,7 +202,7 @@ def _check_tuple(item_type: Any, value: Any, meta: Mapping[str, Any], kp: tuple[
 
 def _limit_problem(value: Any, meta: Mapping[str, Any]) -> Optional[str]:
     lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None and value < lo or hi is not None and value > hi:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
         return f"{value!r} is out of range: must be between {lo} and {hi}"
     choices = meta.get("choices")
     if choices and value not in choices:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 __all__ = ["Broker", "Collector", "free_port"]
 
@@ -56,7 +57,7 @@ class Broker:
                     return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log.read_text(errors='replace')[-2000:]}")
+                    raise RuntimeError(f"mosquitto exited: {self.log.read_text(errors='replace')[-2000:]}") from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start within 10 s")
 
@@ -95,7 +96,7 @@ class Collector:
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
         if connect.get("username"):
             self.client.username_pw_set(connect["username"], connect.get("password"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import tty
@@ -24,7 +25,5 @@ class PtyPair:
 
     def close(self) -> None:
         for fd in (self.master_fd, self.slave_fd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass

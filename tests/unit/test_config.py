@@ -68,9 +68,9 @@ def test_overrides_from_cli_and_environment(tmp_path: Path) -> None:
                       environ={"DIGIT_AGENT__MQTT__PORT": "1884", "DIGIT_AGENT__MQTT__TOPIC_PREFIX": "site"})
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.topic_prefix) == ("broker.local", 1884, "site")
     assert cfg.source.roi == (1, 2, 3, 4)
-    with pytest.raises(ConfigError, match="mqtt.port"):
+    with pytest.raises(ConfigError, match=r"mqtt\.port"):
         load_config(f, ["mqtt.port=99999"], environ={})
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         load_config(f, ["port=1"], environ={})
 
 
