@@ -1,0 +1,189 @@
+"""tools/install.sh into a throw-away root: every path the unit and its companions name is laid out,
+running it twice changes nothing and keeps the admin's config and secrets, uninstall keeps state
+unless --purge.
+
+The project is installed from a wheel built here, with ``--pip-args "--no-deps --no-index"`` so no
+package index is needed (dependencies are the venv's business on a real device, not this test's).
+systemd-sysusers, systemd-tmpfiles and ``systemctl enable`` really run, offline, on the root (--root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from tests.integration.test_systemd_unit import BINARY, UNIT, unit_entries, values, verify
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tools" / "install.sh"
+SYSTEMD = REPO / "systemd"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(any(shutil.which(t) is None for t in ("systemd-sysusers", "systemd-tmpfiles",
+                                                             "systemctl", "systemd-analyze")),
+                       reason="systemd tools are not installed (CI installs package 'systemd')"),
+]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel of this tree, built from a copy so no build/ or egg-info lands in the work tree."""
+    src = tmp_path_factory.mktemp("src")
+    shutil.copytree(REPO / "agent", src / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", src)
+    readme = REPO / "README.md"
+    (src / "README.md").write_text(readme.read_text() if readme.exists() else "digit-agent\n")
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(out), str(src)], check=True, timeout=300, capture_output=True)
+    return next(out.glob("digit_agent-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    for name in ("digit_int8.onnx", "digit_int8.card.json", "golden.npz"):
+        (d / name).write_bytes(b"stand-in " + name.encode())  # the installer only copies them
+    return d
+
+
+def install(root: Path, wheel: Path, models: Path, *extra: str) -> str:
+    cmd = ["bash", str(SCRIPT), "install", "--prefix", str(root), "--from", str(wheel), "--models",
+           str(models), "--python", sys.executable, "--pip-args", "--no-deps --no-index", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def uninstall(root: Path, *extra: str) -> str:
+    proc = subprocess.run(["bash", str(SCRIPT), "uninstall", "--prefix", str(root), *extra],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """path -> (mode, sha256 or link target) for everything but the venv's insides."""
+    out: dict[str, tuple[int, str]] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if rel.startswith("opt/digit-agent/venv/") or "__pycache__" in rel:
+            continue
+        st = p.lstat()
+        if p.is_symlink():
+            out[rel] = (st.st_mode, os.readlink(p))
+        elif p.is_file():
+            out[rel] = (st.st_mode, hashlib.sha256(p.read_bytes()).hexdigest())
+        else:
+            out[rel] = (st.st_mode, "")
+    return out
+
+
+def passwd_ids(root: Path, name: str) -> tuple[int, int]:
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2]), int(fields[3])
+    raise AssertionError(f"user {name} not in {root}/etc/passwd")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path, models: Path) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("root")
+    out = install(root, wheel, models)
+    assert "would run: systemctl daemon-reload" in out  # not a live system: printed, not run
+    yield root
+
+
+def test_every_path_the_unit_names_exists(installed: Path) -> None:
+    r = installed
+    one = {k: v for _, k, v in unit_entries(UNIT.read_text())}
+    for key in ("ExecStart", "ExecStartPre"):
+        argv = one[key].split()
+        assert os.access(r / argv[0].lstrip("/"), os.X_OK), argv[0]
+        assert (r / argv[argv.index("--config") + 1].lstrip("/")).is_file()
+    for source in (v.split(":", 1)[1] for v in values("LoadCredential")):
+        assert (r / source.lstrip("/")).stat().st_mode & 0o777 == 0o600, source
+    assert (r / "etc" / one["ConfigurationDirectory"]).is_dir()
+    uid, gid = passwd_ids(r, one["User"])
+    state = (r / "var/lib" / one["StateDirectory"]).stat()
+    assert (state.st_uid, state.st_gid, state.st_mode & 0o777) == (uid, gid, 0o750)
+    assert f"{one['Group']}:x:{gid}:" in (r / "etc/group").read_text()
+    assert (r / one["Documentation"].removeprefix("file:").lstrip("/")).is_file()
+    link = r / "etc/systemd/system/multi-user.target.wants/digit-agent.service"
+    assert os.readlink(link) == "/etc/systemd/system/digit-agent.service"
+
+
+def test_companions_are_installed_and_their_paths_exist(installed: Path) -> None:
+    r = installed
+    for rel, src in [("etc/systemd/system/digit-agent.service", UNIT),
+                     ("etc/sysusers.d/digit-agent.conf", SYSTEMD / "sysusers.d/digit-agent.conf"),
+                     ("etc/tmpfiles.d/digit-agent.conf", SYSTEMD / "tmpfiles.d/digit-agent.conf"),
+                     ("etc/udev/rules.d/99-digit-agent-serial.rules",
+                      SYSTEMD / "udev/99-digit-agent-serial.rules")]:
+        assert (r / rel).read_bytes() == src.read_bytes(), rel
+    for line in (SYSTEMD / "tmpfiles.d/digit-agent.conf").read_text().splitlines():
+        if line and not line.startswith("#"):
+            assert (r / line.split()[1].lstrip("/")).exists(), line
+    assert 'GROUP="digit-agent"' in (SYSTEMD / "udev/99-digit-agent-serial.rules").read_text()
+
+
+def test_installed_config_points_at_installed_files(installed: Path) -> None:
+    r = installed
+    cfg = load_config(r / "etc/digit-agent/config.toml", environ={})
+    for path in (cfg.inference.model, cfg.inference.golden, cfg.ota.state_dir, cfg.ota.trusted_keys):
+        assert Path(path).is_absolute() and (r / path.lstrip("/")).exists(), path
+    model = r / cfg.inference.model.lstrip("/")
+    assert model.with_name(model.stem + ".card.json").exists()
+
+
+def test_installed_venv_runs_and_unit_verifies_against_it(installed: Path, tmp_path: Path) -> None:
+    venv_python = installed / "opt/digit-agent/venv/bin/python"
+    proc = subprocess.run([str(venv_python), "-c", "import agent, agent.service; print(agent.__version__)"],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    # The installed unit, with /opt pointed into the root: verify finds the real venv binary.
+    text = (installed / "etc/systemd/system/digit-agent.service").read_text()
+    prefixed = text.replace("/opt/digit-agent/", f"{installed}/opt/digit-agent/")
+    assert f"={BINARY}" not in prefixed
+    assert verify(prefixed, tmp_path, stub=False) == ""
+
+
+def test_second_run_changes_nothing_and_keeps_admin_files(tmp_path: Path, wheel: Path,
+                                                          models: Path) -> None:
+    root = tmp_path / "root"
+    install(root, wheel, models, "--no-start")
+    conf = root / "etc/digit-agent/config.toml"
+    conf.write_text(conf.read_text().replace('id = "digit-0001"', 'id = "kitchen-7"'))
+    secret = root / "etc/digit-agent/credentials/mqtt-password"
+    secret.write_text("s3cret\n")
+    before = snapshot(root)
+    out = install(root, wheel, models, "--no-start")
+    assert "keeping existing" in out
+    assert snapshot(root) == before
+    assert 'id = "kitchen-7"' in conf.read_text() and secret.read_text() == "s3cret\n"
+
+    out = uninstall(root)
+    assert not (root / "opt/digit-agent").exists()
+    assert not (root / "etc/systemd/system/digit-agent.service").exists()
+    assert not (root / "etc/systemd/system/multi-user.target.wants/digit-agent.service").exists()
+    assert secret.read_text() == "s3cret\n" and conf.exists() and (root / "var/lib/digit-agent").is_dir()
+    uninstall(root)  # again: nothing left to remove, still fine
+    uninstall(root, "--purge")
+    assert not (root / "etc/digit-agent").exists() and not (root / "var/lib/digit-agent").exists()
+
+
+def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+    for args in (["--bogus"], ["install", "--purge"], ["install", "--from", str(tmp_path / "missing")]):
+        proc = subprocess.run(["bash", str(SCRIPT), *args, "--prefix", str(tmp_path / "r")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.startswith("install.sh:"), (args, proc.stderr)
