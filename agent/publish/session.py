@@ -344,9 +344,10 @@ class Session:
             self._connack = props
 
     @_callback
-    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if client is self._client and self._lost is None:
-            self._lost = str(rc)
+            by = "DISCONNECT from broker" if flags.is_disconnect_packet_from_server else "socket closed"
+            self._lost = f"{rc} ({by})"
 
     @_callback
     def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
