@@ -142,6 +142,10 @@ class OtaConfig:
 class HomeAssistantConfig:
     discovery: bool = _f(True, "publish Home Assistant MQTT discovery configs")
     prefix: str = _f("homeassistant", "Home Assistant discovery prefix", pattern=_TOPIC_PATTERN)
+    node_name: str = _f("", "device name shown in Home Assistant; empty = the device id",
+                        pattern=r"^[^\x00-\x1f]{0,64}$")
+    rediscover_jitter_s: float = _f(5.0, "random delay before re-announcing after Home Assistant restarts "
+                                         "(spreads a fleet's answers)", min=0.0, max=600.0)
 
 
 @dataclass(frozen=True)
