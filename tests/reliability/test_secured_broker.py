@@ -1,0 +1,134 @@
+"""The shipped secured broker (deploy/mosquitto/) against real mosquitto: who may connect, publish, read.
+
+Every refusal is checked next to an allowed twin (same client, same moment), so a broker that
+refused everything, or a test that could not observe delivery, would fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.broker import Broker
+from tests.reliability.secured import Pki, TlsClient, make_pki, secured_broker
+
+pytestmark = pytest.mark.integration
+
+_NOT_AUTHORIZED = 0x87  # MQTT 5 reason code on PUBACK/SUBACK for an ACL refusal
+_BAD_CREDENTIALS = 0x86
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"), "operator", "monitor", "dev1", "dev2")
+
+
+@pytest.fixture
+def sbroker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
+    b = secured_broker(tmp_path, pki)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def clients(sbroker: Broker, pki: Pki) -> Iterator[list[TlsClient]]:
+    made: list[TlsClient] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def _client(clients: list[TlsClient], broker: Broker, pki: Pki, user: str | None, password: str | None,
+            cert: str | None = None) -> TlsClient:
+    c = TlsClient(broker, pki, user, password, cert)
+    clients.append(c)
+    return c
+
+
+def _ok(clients: list[TlsClient], broker: Broker, pki: Pki, name: str) -> TlsClient:
+    c = _client(clients, broker, pki, name, pki.password(name), cert=name)
+    rc = c.connect()
+    assert rc is not None and rc.value == 0, f"{name} could not connect: {rc}"
+    return c
+
+
+def test_valid_device_connects_and_anonymous_is_refused(sbroker: Broker, pki: Pki,
+                                                         clients: list[TlsClient]) -> None:
+    _ok(clients, sbroker, pki, "dev1")
+    anon = _client(clients, sbroker, pki, None, None, cert="dev1")  # valid certificate, no user name
+    rc = anon.connect()
+    assert rc is not None and rc.is_failure, f"anonymous client accepted: {rc}"
+
+
+def test_wrong_password_is_refused(sbroker: Broker, pki: Pki, clients: list[TlsClient]) -> None:
+    bad = _client(clients, sbroker, pki, "dev1", "not-the-password", cert="dev1")
+    rc = bad.connect()
+    assert rc is not None and rc.value in (_BAD_CREDENTIALS, _NOT_AUTHORIZED), rc
+    other = _client(clients, sbroker, pki, "dev1", pki.password("dev2"), cert="dev1")  # B's password
+    rc2 = other.connect()
+    assert rc2 is not None and rc2.is_failure, rc2
+
+
+def test_no_client_certificate_is_refused(sbroker: Broker, pki: Pki, clients: list[TlsClient]) -> None:
+    nocert = _client(clients, sbroker, pki, "dev1", pki.password("dev1"), cert=None)
+    rc = nocert.connect(timeout=5.0)
+    assert rc is None or rc.is_failure, f"client without certificate got CONNACK {rc}"
+
+
+def test_device_cannot_publish_as_another(sbroker: Broker, pki: Pki, clients: list[TlsClient]) -> None:
+    op = _ok(clients, sbroker, pki, "operator")
+    op.subscribe("digit-agent/#")
+    dev1 = _ok(clients, sbroker, pki, "dev1")
+    assert dev1.publish("digit-agent/dev2/result", b"forged") == _NOT_AUTHORIZED
+    assert dev1.publish("digit-agent/dev2/ota/status", b"forged") == _NOT_AUTHORIZED
+    assert dev1.publish("digit-agent/dev1/ota/manifest", b"self-signed?") == _NOT_AUTHORIZED
+    assert dev1.publish("digit-agent/dev1/result", b"mine") == 0
+    assert op.wait_received("digit-agent/dev1/result") == [b"mine"]
+    assert op.received("digit-agent/dev2/result") == []
+    assert op.received("digit-agent/dev2/ota/status") == []
+    assert op.received("digit-agent/dev1/ota/manifest") == []
+
+
+def test_device_reads_only_its_own_ota_topics(sbroker: Broker, pki: Pki, clients: list[TlsClient]) -> None:
+    dev1 = _ok(clients, sbroker, pki, "dev1")
+    # mosquitto 2.0 grants the SUBACK and filters at delivery: what arrives is what counts.
+    for topic in ("digit-agent/dev2/ota/manifest", "digit-agent/dev1/ota/manifest",
+                  "digit-agent/group/lab/ota/manifest", "digit-agent/dev2/result"):
+        dev1.subscribe(topic)
+    op = _ok(clients, sbroker, pki, "operator")
+    for topic in ("digit-agent/dev2/ota/manifest", "digit-agent/dev1/ota/manifest",
+                  "digit-agent/group/lab/ota/manifest"):
+        assert op.publish(topic, topic.encode()) == 0
+    dev2 = _ok(clients, sbroker, pki, "dev2")
+    assert dev2.publish("digit-agent/dev2/result", b"r") == 0
+    assert dev1.wait_received("digit-agent/dev1/ota/manifest") == [b"digit-agent/dev1/ota/manifest"]
+    assert dev1.wait_received("digit-agent/group/lab/ota/manifest") == [b"digit-agent/group/lab/ota/manifest"]
+    assert dev1.received("digit-agent/dev2/ota/manifest") == []
+    assert dev1.received("digit-agent/dev2/result") == []
+
+
+def test_operator_publishes_ota_but_not_results(sbroker: Broker, pki: Pki, clients: list[TlsClient]) -> None:
+    mon = _ok(clients, sbroker, pki, "monitor")
+    mon.subscribe("digit-agent/#")
+    op = _ok(clients, sbroker, pki, "operator")
+    assert op.publish("digit-agent/ota/chunk/job1", b"OTC1") == 0
+    assert op.publish("digit-agent/dev1/result", b"forged") == _NOT_AUTHORIZED
+    assert mon.publish("digit-agent/dev1/ota/manifest", b"forged") == _NOT_AUTHORIZED
+    assert mon.wait_received("digit-agent/ota/chunk/job1") == [b"OTC1"]
+    assert mon.received("digit-agent/dev1/result") == []
+    assert mon.received("digit-agent/dev1/ota/manifest") == []
+
+
+def test_home_assistant_discovery_only_under_own_node_id(sbroker: Broker, pki: Pki,
+                                                          clients: list[TlsClient]) -> None:
+    mon = _ok(clients, sbroker, pki, "monitor")
+    mon.subscribe("homeassistant/#")
+    dev1 = _ok(clients, sbroker, pki, "dev1")
+    assert dev1.publish("homeassistant/sensor/dev1/digit/config", b"{}") == 0
+    assert dev1.publish("homeassistant/sensor/dev2/digit/config", b"{}") == _NOT_AUTHORIZED
+    assert mon.wait_received("homeassistant/sensor/dev1/digit/config") == [b"{}"]
+    assert mon.received("homeassistant/sensor/dev2/digit/config") == []
