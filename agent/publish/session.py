@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,6 +38,20 @@ _paho_log = logging.getLogger(__name__ + ".paho")
 _QOS0_WINDOW = 256  # QoS 0 messages handed to paho but not yet written to the socket
 _BATCH = 256  # messages moved from the outbox per lock hold (bounds the inference thread's wait)
 _TICK_S = 0.5  # longest select(): bounds keepalive handling and stop latency
+_AUTH_CODES = (0x86, 0x87)  # bad user name or password, not authorised (v3 codes 4/5 map here)
+
+
+class _PahoLog:
+    """Forwards paho's log calls to our logger and remembers the last error (e.g. a TLS alert),
+    which paho reports only in its log, so ``last_error`` can say why a connection failed."""
+
+    def __init__(self) -> None:
+        self.last: Optional[str] = None
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if level >= logging.ERROR:
+            self.last = fmt % args
+        _paho_log.log(level, fmt, *args)
 
 
 def _callback(fn: Callable[..., None]) -> Callable[..., None]:
@@ -86,6 +100,7 @@ class Session:
         self.loop_restarts = 0
         self.last_error: Optional[str] = None
         self.beat = time.monotonic()
+        self._paho_log = _PahoLog()
 
     @property
     def inflight(self) -> int:
@@ -184,7 +199,7 @@ class Session:
                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
                         clean_session=None if v5 else True)
         c.suppress_exceptions = True
-        c.enable_logger(_paho_log)
+        c.enable_logger(cast(logging.Logger, self._paho_log))  # paho only calls .log()
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -251,8 +266,10 @@ class Session:
         self._n_q0 = self._n_q1 = 0
         with self._lock:
             lost = self._outbox.requeue(back)
-        if was and reason:
-            self._error(f"connection lost: {reason}")
+        if reason:
+            detail = f": {self._paho_log.last}" if self._paho_log.last else ""
+            self._error(f"{'connection lost' if was else 'connection failed'}: {reason}{detail}")
+        self._paho_log.last = None
         self.failures += not was  # a connection attempt that never got a good CONNACK
         if back:
             log.info("re-queued %d unacknowledged message(s)%s", len(back) - lost,
@@ -338,8 +355,8 @@ class Session:
         if client is not self._client:
             return
         if rc.is_failure:
-            self._lost = f"connection refused: {rc}"
-            self._error(self._lost)
+            hint = " (check mqtt.username and mqtt.password_file)" if rc.value in _AUTH_CODES else ""
+            self._lost = f"refused: {rc}{hint}"
         else:
             self._connack = props
 
