@@ -133,6 +133,12 @@ class Publisher:
         self._session.subs_dirty = True
         self._wake()
 
+    def unsubscribe(self, topic: str) -> None:
+        """Forget the handler for ``topic`` (same spelling as in :meth:`subscribe`) and unsubscribe."""
+        if self._dispatch.remove(resolve_topic(self._base, topic, wildcards=True)):
+            self._session.subs_dirty = True
+            self._wake()
+
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the dispatcher and the network loop; connecting happens in the background."""

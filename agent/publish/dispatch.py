@@ -42,6 +42,10 @@ class Dispatcher:
         with self._lock:
             self._handlers[topic_filter] = handler
 
+    def remove(self, topic_filter: str) -> bool:
+        with self._lock:
+            return self._handlers.pop(topic_filter, None) is not None
+
     def filters(self) -> list[str]:
         with self._lock:
             return list(self._handlers)

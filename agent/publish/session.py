@@ -246,11 +246,14 @@ class Session:
                  self._m.port, self.connects, self._window, len(self._outbox))
 
     def _subscribe_new(self, c: mqtt.Client) -> None:
+        """Make the broker's subscriptions match the dispatcher's table."""
         self.subs_dirty = False
-        for f in self._dispatch.filters():
-            if f not in self._subscribed:
-                c.subscribe(f, qos=1)
-                self._subscribed.add(f)
+        wanted = set(self._dispatch.filters())
+        for f in sorted(wanted - self._subscribed):
+            c.subscribe(f, qos=1)
+        for f in sorted(self._subscribed - wanted):
+            c.unsubscribe(f)
+        self._subscribed = wanted
 
     def _end_session(self, reason: Optional[str]) -> None:
         c, self._client = self._client, None

@@ -273,6 +273,15 @@ def test_subscriptions_run_on_worker_thread_and_survive_reconnect(broker: Broker
             col.publish("digit-agent/dev1/cmd", b"after")  # re-published until the resubscribe landed
             time.sleep(0.2)
         assert ("digit-agent/dev1/cmd", b"after") in [(t, p) for t, p, _ in got]
+        pub.unsubscribe("cmd")
+        time.sleep(0.5)  # UNSUBSCRIBE round trip on loopback
+        got.clear()
+        col.publish("digit-agent/dev1/cmd", b"gone")
+        col.publish("digit-agent/group/g2/ota/manifest", b"marker")
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [p for _, p, _ in got] == [b"marker"]
     finally:
         pub.stop(3)
         col.close()
