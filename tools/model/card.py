@@ -1,0 +1,64 @@
+"""Model card (JSON next to the model) and the golden set used by selftest / the OTA gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+__all__ = ["CARD_FAMILY", "file_sha256", "model_io", "write_card", "write_golden"]
+
+CARD_FAMILY = "mnist-digit"
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
+    return [d.dim_param if d.dim_param else int(d.dim_value) for d in vi.type.tensor_type.shape.dim]
+
+
+def _dtype(vi: onnx.ValueInfoProto) -> str:
+    return str(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name)
+
+
+def model_io(path: Path) -> dict[str, Any]:
+    """Opset, op list and input/output signature read back from the saved model itself."""
+    model = onnx.load(str(path))
+    inp, out = model.graph.input[0], model.graph.output[0]
+    opsets = {o.domain or "ai.onnx": int(o.version) for o in model.opset_import}
+    return {
+        "opset": opsets.get("ai.onnx", 0),
+        "opsets": opsets,
+        "ops": sorted({(n.domain or "ai.onnx") + ":" + n.op_type for n in model.graph.node}),
+        "input": {"name": inp.name, "shape": _dims(inp), "dtype": _dtype(inp)},
+        "output": {"name": out.name, "shape": _dims(out), "dtype": _dtype(out)},
+    }
+
+
+def write_golden(path: Path, images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Seeded random draw of n test images; returns the chosen indices (recorded in the card)."""
+    idx = np.sort(np.random.default_rng(seed).choice(len(images), size=n, replace=False))
+    np.savez_compressed(path, images=images[idx].astype(np.uint8), labels=labels[idx].astype(np.uint8))
+    return idx
+
+
+def write_card(path: Path, model_path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    """Card = measured ``fields`` + facts read from the model file (hash, size, signature)."""
+    io = model_io(model_path)
+    card: dict[str, Any] = {
+        "version": 1,
+        "family": CARD_FAMILY,
+        "file": model_path.name,
+        "sha256": file_sha256(model_path),
+        "size_bytes": model_path.stat().st_size,
+        **io,
+        **fields,
+    }
+    path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    return card

@@ -1,0 +1,99 @@
+"""Static int8 quantization with onnxruntime.quantization (pre-process, calibration, variants)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from tools.model.export import INPUT_NAME, strip_model
+
+__all__ = ["METHODS", "ArrayReader", "QuantVariant", "preprocess_for_quant", "quantize", "softmax_nodes"]
+
+log = logging.getLogger(__name__)
+
+METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+
+@dataclass(frozen=True)
+class QuantVariant:
+    """One quantization recipe: calibration method, graph format and activation signedness."""
+
+    method: str = "minmax"
+    fmt: str = "qoperator"  # "qdq" or "qoperator"
+    activations: str = "u8"  # "u8" (U8S8) or "s8" (S8S8); weights are always per-channel int8
+
+    @property
+    def tag(self) -> str:
+        return f"{self.method}-{self.fmt}-{self.activations}s8"
+
+
+class ArrayReader(CalibrationDataReader):  # type: ignore[misc]
+    """Feeds normalised (N,1,28,28) calibration images in small batches."""
+
+    def __init__(self, images: np.ndarray, batch: int = 50) -> None:
+        self._images = images.astype(np.float32, copy=False)
+        self._batch = batch
+        self._pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= len(self._images):
+            return None
+        chunk = self._images[self._pos : self._pos + self._batch]
+        self._pos += self._batch
+        return {INPUT_NAME: chunk}
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+
+def preprocess_for_quant(fp32: Path, out: Path) -> Path:
+    """ORT's recommended pre-processing: graph optimisation (drops Identity etc.) + shape inference."""
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
+    return out
+
+
+def softmax_nodes(model_path: Path) -> list[str]:
+    """Softmax stays float: the device needs float probabilities and a u8 softmax loses resolution."""
+    return [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type == "Softmax"]
+
+
+def quantize(prepped: Path, out: Path, calib: np.ndarray, variant: QuantVariant, exclude: Sequence[str] = ()) -> Path:
+    """Static per-channel int8 quantization of ``prepped`` into ``out`` for one recipe."""
+    act = QuantType.QUInt8 if variant.activations == "u8" else QuantType.QInt8
+    fmt = QuantFormat.QDQ if variant.fmt == "qdq" else QuantFormat.QOperator
+    extra: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        quantize_static(
+            str(prepped),
+            str(Path(tmp) / "q.onnx"),
+            ArrayReader(calib),
+            quant_format=fmt,
+            per_channel=True,
+            activation_type=act,
+            weight_type=QuantType.QInt8,
+            calibrate_method=METHODS[variant.method],
+            nodes_to_exclude=[*softmax_nodes(prepped), *exclude],
+            extra_options=extra,
+        )
+        model = strip_model(onnx.load(str(Path(tmp) / "q.onnx")))
+    onnx.save(model, str(out))
+    log.info("quantized %s -> %s (%d bytes)", variant.tag, out, out.stat().st_size)
+    return out
