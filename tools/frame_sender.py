@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Callable, Optional
 
 import numpy as np
 
-from agent.source.codec import encode_frame
+from agent.source.codec import FrameDecoder, encode_frame
 from agent.source.replay import load_frames
 
 __all__ = ["frame_stream", "load_source", "main", "synthetic_frames"]
@@ -98,6 +98,25 @@ def _open_output(port: str, baud: int) -> tuple[Callable[[bytes], Any], Callable
     return dev.write, close
 
 
+def _bench(data: bytes, side: int, tally: dict[str, int]) -> int:
+    """Decode ``data`` in 4 KiB reads, as the serial source does, into a ring-slot-sized buffer."""
+    slot = np.zeros((side, side), np.uint8)
+
+    def sink(seq: int, h: int, w: int, px: np.ndarray) -> None:
+        slot[:h, :w] = px
+
+    dec = FrameDecoder(side)
+    chunks = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+    t0 = time.perf_counter()
+    for chunk in chunks:
+        dec.feed(chunk, sink)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"frames": dec.frames_ok, "bytes": len(data), "seconds": round(dt, 4),
+                      "frames_per_s": round(dec.frames_ok / dt), "mb_per_s": round(len(data) / dt / 1e6, 1),
+                      "sent": tally, "decoder": dec.stats()}))
+    return 0
+
+
 def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m tools.frame_sender", description=_DESCRIPTION)
     ap.add_argument("--port", required=True, help="device path, pyserial URL (loop://, socket://h:p) or -")
@@ -113,6 +132,8 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--noise", type=float, default=0.0, metavar="P",
                     help="probability of a random byte burst before a frame")
     ap.add_argument("--seed", type=int, default=0, help="seed for synthetic frames and injected faults")
+    ap.add_argument("--bench", action="store_true",
+                    help="send nothing: decode the stream in-process and print the decoder's frames/s")
     args = ap.parse_args(argv)
     if args.rate < 0 or args.count < 0 or not 0 <= args.noise <= 1 or not 0 <= args.start_seq < _SEQ_MOD:
         ap.error("--rate and --count must be >= 0, --noise in [0, 1], --start-seq in [0, 2**32)")
@@ -130,6 +151,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     stream = frame_stream(frames, args.count or len(frames), start_seq=args.start_seq,
                           corrupt_every=args.corrupt_every, noise=args.noise,
                           truncate_every=args.truncate_every, seed=args.seed, tally=tally)
+    if args.bench:
+        return _bench(b"".join(stream), frames.shape[1], tally)
     write, close = _open_output(args.port, args.baud)
     period = 1.0 / args.rate if args.rate else 0.0
     next_t = time.monotonic()

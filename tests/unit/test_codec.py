@@ -75,7 +75,7 @@ def test_cobs_accepts_trailing_code_after_full_block() -> None:
     assert cobs_decode(b"\xff" + _R[:254] + b"\x01") == _R[:254]
 
 
-@pytest.mark.parametrize("bad", [b"\x05\x11\x22", b"\x03\x11\x00", b"\x02"])
+@pytest.mark.parametrize("bad", [b"\x05\x11\x22", b"\x03\x11\x00", b"\x02", b""])
 def test_cobs_rejects_invalid(bad: bytes) -> None:
     with pytest.raises(ValueError):
         cobs_decode(bad)
@@ -311,3 +311,21 @@ def test_random_streams_never_deliver_a_corrupt_frame(ops: list[tuple[str, int, 
     assert dec.frames_ok == len(sink.frames)
     if all(kind == "frame" for kind, *_ in ops):
         assert sink.seqs == list(sent)  # nothing injected: nothing lost
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from([1, 1, 1, 2, 3, 7, 0x80, 0xFE, 0xFF]) | st.integers(1, 255), max_size=600))
+def test_fast_and_general_cobs_decoders_agree(codes: list[int]) -> None:
+    """The fast path (no 0xFF codes) must decide exactly like the block-by-block decoder."""
+    from agent.source.codec import _cobs_decode_fast, _cobs_decode_general
+
+    src = memoryview(bytes(codes))
+    a, b = bytearray(1000), bytearray(1000)
+    fast = _cobs_decode_fast(src, 0, len(src), a)
+    general = _cobs_decode_general(src, 0, len(src), b)
+    if fast != -3:
+        assert fast == general
+        if fast >= 0:
+            assert a[:fast] == b[:general]
+    else:
+        assert 0xFF in codes
