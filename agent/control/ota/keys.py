@@ -19,7 +19,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["ROTATION_FILE", "KeyRing", "keyid_of", "load_keyring", "parse_public_key", "raw_public"]
+__all__ = ["ROTATION_FILE", "KeyRing", "keyid_of", "load_keyring", "parse_public_key", "raw_public",
+           "save_rotation"]
 
 _log = logging.getLogger(__name__)
 ROTATION_FILE = "keys.json"
@@ -112,3 +113,28 @@ def load_keyring(trusted_dir: str, state_dir: str = "") -> KeyRing:
     for p in problems:
         _log.warning("trusted key skipped: %s", p)
     return KeyRing(keys, tuple(problems))
+
+
+def save_rotation(trusted_dir: str, state_dir: str, add: dict[str, bytes], revoke: tuple[str, ...]) -> list[str]:
+    """Merge key additions (keyid → raw key) and revocations into ``keys.json``; returns what changed.
+    A revocation that would leave no trusted key at all is refused (it would brick OTA for good)."""
+    from agent.control.ota.store import atomic_write  # store imports nothing from here; avoid a cycle
+
+    added, revoked = _read_rotation(Path(state_dir))
+    changes = []
+    for kid, raw in add.items():
+        if kid not in added:
+            added[kid] = base64.b64encode(raw).decode("ascii")
+            changes.append(f"added {kid}")
+    new_revoked = [k for k in revoke if k not in revoked]
+    if new_revoked:
+        keep = set(load_keyring(trusted_dir, "")) | set(added)
+        if keep - set(revoked) - set(new_revoked):
+            revoked += new_revoked
+            changes += [f"revoked {k}" for k in new_revoked]
+        else:
+            _log.error("key rotation refused: revoking %s would leave no trusted key", new_revoked)
+    if changes:
+        doc = {"added": added, "revoked": revoked}
+        atomic_write(Path(state_dir) / ROTATION_FILE, json.dumps(doc, indent=1).encode("utf-8"))
+    return changes

@@ -4,7 +4,7 @@ Layout::
 
     state.json            committed/pending slot, seen jobs, last status (atomic rewrite)
     keys.json             key rotations (see keys.py)
-    slots/a.onnx, a.card.json, b.onnx, b.card.json
+    slots/a.onnx, a.card.json, a.env (its signed envelope), and the same for b
     download/<job>.env    the signed envelope (so a restart resumes without the operator)
     download/<job>.part   model bytes, written in place at index * chunk_size
     download/<job>.bits   received-chunk bitmap, rewritten only after the part file is fsynced
@@ -139,9 +139,14 @@ class Store:
         used = state.committed.slot if state.committed else None
         return next(s for s in _SLOTS if s != used)
 
-    def install(self, slot: str, model: Path, card: dict[str, Any]) -> None:
-        """Copy a validated model (and its card) into ``slot``, atomically."""
+    def envelope_path(self, slot: str) -> Path:
+        return self.slots / f"{slot}.env"
+
+    def install(self, slot: str, model: Path, card: dict[str, Any], envelope: bytes = b"") -> None:
+        """Copy a validated model, its card and its signed envelope into ``slot``, each atomically.
+        The model goes last: the slot is only referenced from state.json after this returns."""
         atomic_write(self.card_path(slot), json.dumps(card, indent=1).encode("utf-8"))
+        atomic_write(self.envelope_path(slot), envelope)
         atomic_write(self.slot_path(slot), model.read_bytes())
 
     # --- downloads -----------------------------------------------------------------------------

@@ -1,0 +1,333 @@
+"""The OTA controller: MQTT wiring, the download state machine, and hand-off to activation.
+
+MQTT handlers only put ``(kind, topic, payload)`` on a bounded queue; one worker thread (``ota``)
+does everything else, so no state is shared with paho's or the dispatcher's threads. States and
+transitions: docs/ota.md. Verification, the gate and the swap live in :mod:`.activation`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+from agent.config.schema import Config
+from agent.control.ota.activation import Activation, Outcome
+from agent.control.ota.keys import load_keyring
+from agent.control.ota.manifest import Limits, Manifest, ManifestError, open_envelope
+from agent.control.ota.startup import TERMINAL, status_doc
+from agent.control.ota.store import Store
+from agent.control.ota.transfer import Bitmap, ChunkError, check_chunk, encode_request, parse_chunk
+from agent.inference import Engine
+
+__all__ = ["OtaController", "PublisherLike"]
+
+_log = logging.getLogger(__name__)
+_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SYNC_EVERY_S = 0.5  # persist the bitmap at most this often (each sync is an fsync)
+_PROGRESS_EVERY_S = 0.5
+_MAX_BAD_COPIES = 5  # the same chunk arriving corrupted this often fails the job
+_MAX_STALL_ROUNDS = 100
+_NICE = 10  # the OTA worker yields the CPU to inference
+
+
+class PublisherLike(Protocol):
+    def publish(self, suffix: str, payload: bytes, qos: int, retain: bool = False) -> None: ...
+
+    def subscribe(self, topic: str, handler: Any) -> None: ...
+
+
+@dataclass
+class _Download:
+    m: Manifest
+    envelope: bytes
+    bitmap: Bitmap
+    last_chunk: float = field(default_factory=time.monotonic)
+    last_request: float = 0.0
+    last_sync: float = field(default_factory=time.monotonic)
+    last_progress: float = 0.0
+    unsynced: int = 0
+    stall_rounds: int = 0
+    rejected_chunks: int = 0
+    bad: dict[int, int] = field(default_factory=dict)
+
+
+class OtaController:
+    """See the module docstring. ``start()`` subscribes and starts the worker; ``stop()`` joins it."""
+
+    def __init__(self, cfg: Config, publisher: PublisherLike, engine: Engine, stop: threading.Event) -> None:
+        self._cfg, self._ota, self._pub, self._stop = cfg, cfg.ota, publisher, stop
+        self._q: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=max(64, cfg.ota.max_chunks // 4))
+        self._store: Optional[Store] = None
+        self._dl: Optional[_Download] = None
+        self._act: Optional[Activation] = None
+        self._engine = engine
+        self._state = "idle" if cfg.ota.enabled else "disabled"
+        self._chunk_subs: set[str] = set()
+        self._thread: Optional[threading.Thread] = None
+        self._counters = {"manifests": 0, "rejected": 0, "chunks": 0, "chunks_rejected": 0,
+                          "chunks_dropped": 0, "requests": 0, "committed": 0, "rolled_back": 0}
+        self._prefix = cfg.mqtt.topic_prefix
+
+    # -- public -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self._ota.enabled:
+            _log.info("OTA disabled by configuration")
+            self._publish(status_doc("disabled", reason="ota.enabled is false"))
+            return
+        self._pub.subscribe("ota/manifest", self._on_manifest_msg)
+        for g in self._ota.groups:
+            if _GROUP.match(g):
+                self._pub.subscribe(f"/{self._prefix}/group/{g}/ota/manifest", self._on_manifest_msg)
+            else:
+                _log.error("OTA: ignoring invalid group name %r", g)
+        self._thread = threading.Thread(target=self._run, name="ota", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """The shared stop event ends the worker; this waits for it (an activation finishes first)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def state(self) -> str:
+        return self._state
+
+    def stats(self) -> dict[str, Any]:
+        dl = self._dl
+        out: dict[str, Any] = {"state": self._state, **self._counters}
+        if dl is not None:
+            out.update(job=dl.m.job, version=dl.m.version, progress=round(dl.bitmap.have / dl.bitmap.count, 4))
+        elif self._act is not None:
+            out.update(self._act.stats())
+        return out
+
+    # -- MQTT handlers (dispatcher thread): hand off, never raise ----------------------------
+    def _on_manifest_msg(self, topic: str, payload: bytes) -> None:
+        self._offer("manifest", topic, payload)
+
+    def _on_chunk_msg(self, topic: str, payload: bytes) -> None:
+        self._offer("chunk", topic, payload)
+
+    def _offer(self, kind: str, topic: str, payload: bytes) -> None:
+        try:
+            self._q.put_nowait((kind, topic, payload))
+        except queue.Full:  # chunks come back through a re-request; a manifest is re-sent by the tool
+            self._counters["chunks_dropped"] += 1
+
+    # -- worker -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        _lower_priority()
+        try:
+            self._store = Store(self._ota.state_dir)
+            self._act = Activation(self._cfg, self._store, self._engine, self._stop, self._report)
+            self._recover()
+        except Exception as exc:
+            _log.exception("OTA cannot start; updates are refused")
+            self._report(status_doc("failed", reason=f"OTA state unusable: {exc}"))
+            return
+        while not self._stop.is_set():
+            try:
+                kind, topic, payload = self._q.get(timeout=0.2)
+            except queue.Empty:
+                kind = ""
+            try:
+                if kind == "manifest":
+                    self._on_manifest(payload)
+                elif kind == "chunk":
+                    self._on_chunk(topic, payload)
+                self._tick()
+            except Exception:  # a bug must not kill OTA silently nor the daemon; report and go on
+                _log.exception("OTA worker error")
+
+    def _recover(self) -> None:
+        assert self._store is not None and self._act is not None
+        last = self._act.recover()
+        if last is not None:
+            self._report(last)
+        pending = self._store.pending_download()
+        if pending is not None and self._act.busy() is None:
+            job, envelope, bits = pending
+            try:
+                m = self._open(envelope)
+            except ManifestError as exc:
+                _log.warning("OTA: dropping unfinished download %s: %s", job, exc)
+                self._store.clear_downloads()
+                return
+            self._begin(m, envelope, bits)
+        elif self._state in ("idle",) and last is None:
+            self._report(status_doc("idle", reason=self._keys_note()))
+
+    def _keys_note(self) -> str:
+        keys = load_keyring(self._ota.trusted_keys, self._ota.state_dir)
+        return "" if keys else "no trusted key configured: every update will be refused"
+
+    def _open(self, envelope: bytes) -> Manifest:
+        keys = load_keyring(self._ota.trusted_keys, self._ota.state_dir)
+        limits = Limits(self._ota.max_model_bytes, self._ota.max_chunks, self._ota.max_chunk_bytes,
+                        self._ota.family, self._ota.clock_skew_s)
+        return open_envelope(envelope, keys, limits, time.time())
+
+    def _report(self, doc: dict[str, Any]) -> None:
+        self._state = doc["state"]
+        if doc["state"] in ("committed", "rolled_back", "rejected"):
+            self._counters[doc["state"]] += 1
+        level = logging.WARNING if doc["state"] in ("rejected", "failed", "rolled_back") else logging.INFO
+        if doc["state"] != "downloading" or doc["progress"] in (0.0, 1.0):
+            _log.log(level, "OTA %s job=%s version=%s %s", doc["state"], doc["job"], doc["version"],
+                     doc["reason"])
+        self._publish(doc)
+
+    def _publish(self, doc: dict[str, Any]) -> None:
+        self._pub.publish("ota/status", json.dumps(doc, separators=(",", ":")).encode(), 1, retain=True)
+
+    # -- manifest -----------------------------------------------------------------------------
+    def _on_manifest(self, envelope: bytes) -> None:
+        assert self._store is not None and self._act is not None
+        self._counters["manifests"] += 1
+        try:
+            m = self._open(envelope)
+        except ManifestError as exc:
+            self._report(status_doc("rejected", reason=str(exc)))
+            return
+        busy = self._act.busy()
+        if busy is not None:
+            _log.warning("OTA: job %s ignored, busy with %s", m.job, busy)
+            return
+        if self._dl is not None and self._dl.m.job == m.job:
+            self._request(self._dl, force=True)  # the operator re-pushed: tell it what is missing
+            return
+        state = self._store.read_state()
+        if m.job in state.seen_jobs:
+            self._report(status_doc("rejected", m.job, m.version, f"replayed job {m.job} ignored"))
+            return
+        current = max(state.committed_version, state.pending.version if state.pending else 0)
+        if m.version <= current:
+            state.remember(m.job)
+            self._store.write_state(state)
+            self._report(status_doc("rejected", m.job, m.version,
+                                    f"version {m.version} is not newer than {current} (anti-rollback)"))
+            return
+        if self._dl is not None:
+            _log.warning("OTA: job %s replaced by %s", self._dl.m.job, m.job)
+        self._begin(m, envelope, b"")
+
+    def _begin(self, m: Manifest, envelope: bytes, bits: bytes) -> None:
+        assert self._store is not None
+        try:
+            self._store.begin_download(m.job, envelope, m.size)
+        except OSError as exc:
+            self._fail(m, f"cannot store the download: {exc}")
+            return
+        self._dl = dl = _Download(m, envelope, Bitmap.from_bytes(bits, m.chunk_count))
+        if m.job not in self._chunk_subs:
+            self._chunk_subs.add(m.job)
+            self._pub.subscribe(f"/{self._prefix}/ota/chunk/{m.job}", self._on_chunk_msg)
+        self._progress(dl, force=True)
+        self._request(dl, force=True)
+        if dl.bitmap.complete:
+            self._complete(dl)
+
+    # -- chunks -------------------------------------------------------------------------------
+    def _on_chunk(self, topic: str, payload: bytes) -> None:
+        dl = self._dl
+        if dl is None or topic.rsplit("/", 1)[-1] != dl.m.job:
+            return
+        try:
+            index, count, data = parse_chunk(payload, self._ota.max_chunk_bytes)
+            if index in dl.bitmap:
+                return
+            check_chunk(dl.m, index, count, data)
+        except ChunkError as exc:
+            self._chunk_refused(dl, payload, str(exc))
+            return
+        assert self._store is not None
+        try:
+            self._store.write_chunk(dl.m.job, index * dl.m.chunk_size, data)
+        except OSError as exc:
+            self._fail(dl.m, f"writing the download failed: {exc}")
+            return
+        self._counters["chunks"] += 1
+        dl.bitmap.add(index)
+        dl.unsynced += 1
+        dl.last_chunk, dl.stall_rounds = time.monotonic(), 0
+        self._progress(dl)
+        if dl.bitmap.complete:
+            self._complete(dl)
+
+    def _chunk_refused(self, dl: _Download, payload: bytes, reason: str) -> None:
+        self._counters["chunks_rejected"] += 1
+        dl.rejected_chunks += 1
+        _log.warning("OTA job %s: chunk refused: %s", dl.m.job, reason)
+        if "mismatch" in reason:  # the same chunk bad again and again: the source itself is broken
+            index = int.from_bytes(payload[4:8], "big")
+            dl.bad[index] = dl.bad.get(index, 0) + 1
+            if dl.bad[index] >= _MAX_BAD_COPIES:
+                self._fail(dl.m, f"chunk {index} arrived corrupted {_MAX_BAD_COPIES} times; giving up")
+
+    def _progress(self, dl: _Download, force: bool = False) -> None:
+        now = time.monotonic()
+        if dl.unsynced and (force or dl.bitmap.complete or now - dl.last_sync >= _SYNC_EVERY_S):
+            assert self._store is not None
+            try:
+                self._store.sync_download(dl.m.job, dl.bitmap.to_bytes())
+            except OSError as exc:
+                self._fail(dl.m, f"saving download progress failed: {exc}")
+                return
+            dl.unsynced, dl.last_sync = 0, now
+        if force or now - dl.last_progress >= _PROGRESS_EVERY_S:
+            dl.last_progress = now
+            self._report(status_doc("downloading", dl.m.job, dl.m.version, "",
+                                    dl.bitmap.have / dl.bitmap.count, rejected_chunks=dl.rejected_chunks))
+
+    def _request(self, dl: _Download, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and (now - dl.last_chunk < self._ota.stall_s or now - dl.last_request < self._ota.stall_s):
+            return
+        if not force:
+            dl.stall_rounds += 1
+            if dl.stall_rounds > _MAX_STALL_ROUNDS:
+                self._fail(dl.m, f"transfer stalled ({dl.bitmap.have}/{dl.bitmap.count} chunks); "
+                                 f"push the job again to resume")
+                return
+        dl.last_request = now
+        self._counters["requests"] += 1
+        self._pub.publish("ota/request", encode_request(dl.m.job, dl.bitmap.missing_ranges(), dl.bitmap.have), 1)
+
+    def _tick(self) -> None:
+        dl = self._dl
+        if dl is not None:
+            self._progress(dl)
+            if self._dl is dl:
+                self._request(dl)
+        elif self._act is not None:
+            self._act.tick()
+
+    def _fail(self, m: Manifest, reason: str) -> None:
+        """Local trouble (disk, stalled transfer): the job is not remembered, so it can be pushed again."""
+        self._dl = None
+        self._report(status_doc("failed", m.job, m.version, reason))
+
+    def _complete(self, dl: _Download) -> None:
+        assert self._act is not None and self._store is not None
+        self._progress(dl, force=True)
+        self._dl = None
+        outcome: Outcome = self._act.run(dl.m, dl.envelope, self._store.download_path(dl.m.job, "part"),
+                                         dl.rejected_chunks)
+        if outcome in TERMINAL:
+            _log.info("OTA job %s ended %s", dl.m.job, outcome)
+
+
+def _lower_priority() -> None:
+    """Nice this thread only (Linux: a TID is a PRIO_PROCESS target): the gate's ORT runs execute on
+    it (one intra-op thread = the caller), so on a 2-core Pi they yield to the inference thread."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + _NICE))
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted: run at normal priority
+        _log.debug("OTA worker priority unchanged: %s", exc)
