@@ -153,7 +153,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                           truncate_every=args.truncate_every, seed=args.seed, tally=tally)
     if args.bench:
         return _bench(b"".join(stream), frames.shape[1], tally)
-    write, close = _open_output(args.port, args.baud)
+    try:
+        write, close = _open_output(args.port, args.baud)
+    except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
+        print(f"frame_sender: cannot open {args.port}: {exc}", file=sys.stderr)
+        return 2
     period = 1.0 / args.rate if args.rate else 0.0
     next_t = time.monotonic()
     try:

@@ -89,9 +89,12 @@ def test_writes_to_a_pty_through_pyserial(pty_pair: PtyPair) -> None:
     assert all(np.array_equal(px, pool[s % 10]) for s, px in got.items())
 
 
-@pytest.mark.parametrize("args", [["--source", "/nonexistent.npz"], ["--noise", "2"], ["--rate", "-1"]])
+@pytest.mark.parametrize("args", [["--port", "-", "--source", "/nonexistent.npz"], ["--port", "-", "--noise", "2"],
+                                  ["--port", "-", "--rate", "-1"],
+                                  ["--port", "/dev/nonexistent-tty", "--source", "synthetic:1"]])
 def test_bad_arguments_are_clear_errors(args: list[str]) -> None:
-    p = sender("--port", "-", *args)
+    p = sender(*args)
     assert p.returncode == 2
     assert p.stdout == b""
     assert b"nonexistent" in p.stderr or b"must be" in p.stderr
+    assert b"Traceback" not in p.stderr
