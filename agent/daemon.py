@@ -41,7 +41,10 @@ def load_serving_model(cfg: Config, path: Path) -> tuple[LoadedModel, Preprocess
     """Load ``path``, run the golden self-test; a model that fails it never serves."""
     card = read_card(path, cfg.inference.model_card if path == Path(cfg.inference.model) else "")
     model = LoadedModel.load(path, cfg.inference.batch_max, card)
-    pre = Preprocessor.from_card(card, max_side=_max_side(cfg))
+    try:
+        pre = Preprocessor.from_card(card, max_side=_max_side(cfg))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: model card lacks a usable normalisation section ({exc!r})") from None
     result = evaluate_golden(model, load_golden(cfg.inference.golden), pre)
     if not result.finite or result.accuracy < cfg.inference.selftest_min_accuracy:
         raise StartupError(f"self-test failed for {path}: {result.summary()} "
@@ -68,7 +71,7 @@ class Daemon:
         self.liveness = Liveness(expected=("inference", "health", "mqtt"))
         self.notifier = Notifier.from_env()
         self.threads: list[threading.Thread] = []
-        self._health_changed = threading.Event()
+        self.pinger: Optional[WatchdogPinger] = None
 
     # -- start-up -----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -122,7 +125,8 @@ class Daemon:
         self.ota.start()
         if self.notifier.watchdog_interval_s:
             max_age = max(2.0, self.notifier.watchdog_interval_s)
-            self._spawn("sd-watchdog", WatchdogPinger(self.notifier, self.liveness, self.stop, max_age).run)
+            self.pinger = WatchdogPinger(self.notifier, self.liveness, self.stop, max_age)
+            self._spawn("sd-watchdog", self.pinger.run)
         self.notifier.ready()
         self.notifier.status(self._status_line())
         log.info("digit-agent %s serving device %s from %s source", __version__, self.cfg.device.id,
@@ -203,6 +207,8 @@ class Daemon:
     def _status_line(self) -> str:
         c = self.engine.counters()
         mq = self.publisher.stats()
-        return (f"model v{self.engine.model.version}; {c['inferences']} inferences, "
+        stalled = self.pinger.stale_now if self.pinger else []
+        prefix = f"stalled: {', '.join(stalled)}; " if stalled else ""
+        return (f"{prefix}model v{self.engine.model.version}; {c['inferences']} inferences, "
                 f"{c['deadline_misses']} misses; source {self.source.stats().get('state')}; "
                 f"mqtt {'connected' if mq.get('connected') else 'disconnected'}")
