@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import onnx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from onnx import TensorProto, helper, numpy_helper
@@ -59,8 +60,10 @@ def _centroids() -> tuple[np.ndarray, np.ndarray]:
 
 def model_bytes(kind: str = "good", tag: int = 0, out_classes: int = 10, slow_layers: int = 60,
                 opset: int = 13) -> bytes:
-    """``good`` | ``inaccurate`` | ``nan`` | ``wrong_shape`` | ``slow`` | ``garbage``; ``tag`` makes
-    otherwise identical models differ byte-wise (different versions of the same weights)."""
+    """``good`` | ``inaccurate`` | ``nan`` | ``wrong_shape`` | ``slow`` | ``slow_on_blank`` | ``garbage``;
+    ``tag`` makes otherwise identical models differ byte-wise (different versions of the same weights).
+    ``slow_on_blank`` is good and fast on digits (it passes the gate) but spins a Loop on blank
+    frames: the failure only the test window after activation can catch."""
     if kind == "garbage":
         return b"this is not an onnx model" * 40
     w, b = _centroids()
@@ -80,6 +83,8 @@ def model_bytes(kind: str = "good", tag: int = 0, out_classes: int = 10, slow_la
     nodes += [helper.make_node("MatMul", [x, "W"], ["mm"]), helper.make_node("Add", ["mm", "B"], ["lg"]),
               helper.make_node("Mul", ["lg", "T"], ["lt"]),
               helper.make_node("Softmax", ["lt"], ["sm"], axis=1)]
+    if kind == "slow_on_blank":
+        _add_blank_spin(nodes, inits)
     if kind == "nan":
         inits.append(numpy_helper.from_array(np.array([np.nan], np.float32), "N"))
         nodes.append(helper.make_node("Mul", ["sm", "N"], ["probs"]))
@@ -93,6 +98,39 @@ def model_bytes(kind: str = "good", tag: int = 0, out_classes: int = 10, slow_la
                               doc_string=f"test model {kind} {tag}")
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def _add_blank_spin(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], spins: int = 3000) -> None:
+    """``sm`` becomes ``sm + 0 * loop(...)``, where the loop runs ``spins`` 128x128 MatMuls if the
+    frame is blank (mean below -0.4 after normalisation) and none otherwise."""
+    rng = np.random.default_rng(3)
+    inits += [numpy_helper.from_array((rng.standard_normal((128, 128)) * 0.05).astype(np.float32), "SpinW"),
+              numpy_helper.from_array(np.ones((1, 128), np.float32), "Spin0"),
+              numpy_helper.from_array(np.array(-0.4, np.float32), "Blank"),
+              numpy_helper.from_array(np.array(spins, np.int64), "Spins"),
+              numpy_helper.from_array(np.array(True), "True"),
+              numpy_helper.from_array(np.array(0.0, np.float32), "Zero")]
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["s_in", "SpinW"], ["s_mm"]), helper.make_node("Tanh", ["s_mm"], ["s_out"]),
+         helper.make_node("Identity", ["c_in"], ["c_out"])], "spin",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1, 128])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1, 128])])
+    nodes += [
+        helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+        helper.make_node("Less", ["mean", "Blank"], ["blank"]),
+        helper.make_node("Cast", ["blank"], ["blank_i"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["blank_i", "Spins"], ["trips"]),
+        helper.make_node("Loop", ["trips", "True", "Spin0"], ["spun"], body=body),
+        helper.make_node("ReduceSum", ["spun"], ["spun_sum"], keepdims=0),
+        helper.make_node("Mul", ["spun_sum", "Zero"], ["nothing"]),
+        helper.make_node("Add", ["sm0", "nothing"], ["sm"]),
+    ]
+    for n in nodes:  # the softmax now feeds the Add above
+        if n.op_type == "Softmax":
+            n.output[0] = "sm0"
 
 
 def write_pub(directory: Path, key: Ed25519PrivateKey, name: Optional[str] = None) -> Path:

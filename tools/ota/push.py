@@ -129,9 +129,16 @@ class Pusher:
     def chunk_topic(self) -> str:
         return f"{self.prefix}/ota/chunk/{self.m.job}"
 
-    def send_manifest(self, device: str = "", group: str = "") -> None:
+    def send_manifest(self, device: str = "", group: str = "", timeout: float = 10.0) -> None:
+        """Publish the envelope (not retained: devices keep it themselves, and a retained manifest would
+        be replayed to every device on every connect). Waits up to ``timeout`` for a (re)connection."""
         topic = (f"{self.prefix}/group/{group}/ota/manifest" if group else f"{self.prefix}/{device}/ota/manifest")
-        self.client.publish(topic, self.envelope, qos=1).wait_for_publish(10)
+        deadline = time.monotonic() + timeout
+        while not self.client.is_connected():
+            if time.monotonic() > deadline:
+                raise TimeoutError("not connected to the broker")
+            time.sleep(0.05)
+        self.client.publish(topic, self.envelope, qos=1).wait_for_publish(max(1.0, deadline - time.monotonic()))
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")

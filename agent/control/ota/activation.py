@@ -6,6 +6,7 @@ or roll back. Runs on the OTA worker thread; the inference thread only ever sees
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -98,6 +99,7 @@ class Activation:
             self._store.write_state(state)
         except OSError as exc:
             return self._end("failed", m, f"installing into slot {slot} failed: {exc}")
+        self._test_pause("installed")
         previous = self._engine.model
         if not self._swap(model):
             self._engine.request_swap(previous)  # withdraw it (the loop has not taken it)
@@ -185,6 +187,14 @@ class Activation:
     def _enter(self, phase: str, m: Manifest, note: str = "") -> None:
         self._phase = (phase, m.job)
         self._report(status_doc(phase, m.job, m.version, note, 1.0 if phase != "testing" else 0.0))
+        self._test_pause(phase)
+
+    def _test_pause(self, point: str) -> None:
+        """Test hook (kill -9 tests): ``DIGIT_AGENT_TEST_OTA_PAUSE=<point>:<seconds>`` holds here."""
+        hook = os.environ.get("DIGIT_AGENT_TEST_OTA_PAUSE", "")
+        if hook.partition(":")[0] == point:
+            _log.warning("DIGIT_AGENT_TEST_OTA_PAUSE: holding at %s (test hook)", point)
+            self._stop.wait(float(hook.partition(":")[2] or 5))
 
     def _end(self, outcome: str, m: Manifest, reason: str, remember: bool = False) -> Outcome:
         self._store.clear_downloads()

@@ -1,0 +1,76 @@
+"""OTA after activation and under network trouble: the test window rolls back a model that passed the
+gate but misses deadlines in the field; a broker cut mid-transfer resumes without starting over."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+
+from tests.helpers.broker import Broker
+from tests.helpers.ota import model_bytes
+from tests.helpers.ota_device import Bench, Device
+
+pytestmark = pytest.mark.integration
+
+
+def test_test_window_rolls_back_a_model_that_misses_deadlines_live(tmp_path: Path, broker: Broker) -> None:
+    blanks = tmp_path / "blanks.npz"  # what this device's sensor shows: no digit at all
+    np.savez(blanks, images=np.zeros((20, 28, 28), np.uint8), labels=np.zeros(20, np.uint8))
+    bench = Bench(tmp_path, broker, source={"path": str(blanks), "rate_hz": 50.0},
+                  inference={"deadline_ms": 5.0}, ota={"test_window_s": 3.0})
+    device = Device(bench.cfg_path)
+    try:
+        bench.wait_state(None, ("idle",), 20)
+        sneaky = model_bytes("slow_on_blank", tag=2)  # fast and accurate on the golden digits
+        p = bench.push(bench.envelope(sneaky, 2, max_p99_ms=5.0), sneaky)
+        done = bench.wait_state("job-v2", timeout=30)
+        p.close()
+        states = [s["state"] for s in bench.statuses() if s.get("job") == "job-v2"]
+        assert "testing" in states, states
+        assert done["state"] == "rolled_back" and "deadline miss" in done["reason"], done
+        n0 = len(bench.results())
+        assert bench.watch.wait_for(lambda c: len(bench.results()) > n0 + 20, 20)
+        assert bench.results()[-1]["model_version"] == 1 and device.engine.model.version == 1
+        assert device.engine.swaps == 2  # to the new model and back, each between two batches
+        state = json.loads((tmp_path / "state" / "state.json").read_text())
+        assert state["pending"] is None and state["committed"] is None and "job-v2" in state["seen_jobs"]
+    finally:
+        device.stop()
+        bench.close()
+
+
+def test_broker_cut_mid_transfer_resumes(tmp_path: Path, broker: Broker) -> None:
+    bench = Bench(tmp_path, broker)
+    device = Device(bench.cfg_path)
+    v2 = model_bytes("good", tag=2)
+    cut = threading.Event()
+
+    def slow_then_cut(i: int, payload: bytes) -> list[tuple[Optional[str], bytes]]:
+        if i == 12 and not cut.is_set():
+            cut.set()
+            threading.Thread(target=broker.restart, kwargs={"down_s": 1.0}, daemon=True).start()
+        return [(None, payload)]
+
+    try:
+        bench.wait_state(None, ("idle",), 20)
+        env = bench.envelope(v2, 2, chunk_size=1024)
+        p = bench.push(env, v2, mutate=slow_then_cut, rate=60.0)
+        assert cut.wait(20)
+        time.sleep(1.5)
+        p.send_manifest(device="dev1")  # the operator tool re-announces after its reconnect
+        done = bench.wait_state("job-v2", timeout=40)
+        p.close()
+        assert done["state"] == "committed", done
+        count = -(-len(v2) // 1024)
+        assert p.sent < 2 * count, f"resumed, not restarted: {p.sent} chunks sent for {count}"
+        assert device.engine.model.version == 2
+        assert device.daemon.publisher.stats()["connects"] >= 2
+    finally:
+        device.stop()
+        bench.close()
