@@ -1,0 +1,3 @@
+"""Fleet operations: ``python -m tools.fleet status|rollout|simulate`` (see docs/fleet.md)."""
+
+__all__: list[str] = []
