@@ -81,6 +81,7 @@ class Session:
         self._inflight: dict[int, Message] = {}
         self._n_q0 = self._n_q1 = 0
         self._window = self._m.max_inflight
+        self._max_packet = 0  # broker's Maximum Packet Size (MQTT 5 CONNACK); 0 = none announced
         self._subscribed: set[str] = set()
         self.subs_dirty = False
         # Set by paho callbacks, consumed by the loop.
@@ -238,6 +239,7 @@ class Session:
         self._backoff.reset()
         receive_max = getattr(props, "ReceiveMaximum", None)
         self._window = min(self._m.max_inflight, receive_max or self._m.max_inflight)
+        self._max_packet = int(getattr(props, "MaximumPacketSize", 0) or 0)
         c.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)  # before any backlog
         self._subscribed.clear()
         self._subscribe_new(c)
@@ -309,6 +311,11 @@ class Session:
                 self._on_empty()
         for i, m in enumerate(batch):
             try:
+                if self._max_packet and _packet_size(m) > self._max_packet:
+                    # The broker would drop the connection; re-sending it after every reconnect
+                    # would block the outbox forever.
+                    raise ValueError(f"{_packet_size(m)} bytes exceed the broker's maximum packet "
+                                     f"size {self._max_packet}")
                 info = c.publish(m.topic, m.payload, m.qos, m.retain)
             except (ValueError, TypeError) as exc:  # e.g. payload too large: this message only
                 self._forget(m)
@@ -395,6 +402,11 @@ class Session:
         for rc in rcs:
             if rc.is_failure:
                 self._error(f"subscription refused: {rc}")
+
+
+def _packet_size(m: Message) -> int:
+    """Upper bound of the PUBLISH packet size (fixed header 5, topic 2+n, packet id 2, props 1)."""
+    return 10 + len(m.topic.encode()) + len(m.payload)
 
 
 def _noop(*_args: Any) -> None:

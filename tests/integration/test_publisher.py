@@ -176,6 +176,8 @@ def test_broker_restart_during_qos1_stream_loses_nothing(persistent_broker: Brok
         sub.close()
     got = _seqs(sub)
     assert set(got) == set(range(n))  # every seq present after dedup
+    firsts = list(dict.fromkeys(got))
+    assert firsts == sorted(firsts)  # re-sent from the oldest un-acked: order kept, modulo duplicates
     s = pub.stats()
     assert s["reconnects"] >= 1 and s["dropped"] == 0 and s["sent"] == n
     print(f"restart: {len(got) - n} duplicate(s) re-sent, stats={s}")
@@ -341,3 +343,22 @@ def test_mqtt_311_protocol(broker: Broker, stop_event: threading.Event) -> None:
         pub.stop(3)
     assert col.wait_for(lambda c: [m.payload for m in c.on("/status")] == [b"online", b"stopped"], 10)
     col.close()
+
+
+def test_message_over_the_brokers_packet_limit_is_rejected_not_retried(tmp_path: Path,
+                                                                       stop_event: threading.Event) -> None:
+    b = Broker(tmp_path, extra="max_packet_size 300\n").start()
+    col = Collector(b, "digit-agent/dev1/result")
+    pub = Publisher(make_cfg(b.host, b.port), stop_event)
+    pub.start()
+    try:
+        assert pub.wait_connected(10)
+        pub.publish("result", b"x" * 1000, qos=1)  # a poison message must not block the outbox
+        pub.publish("result", b"small", qos=1)
+        assert col.wait_for(lambda c: [m.payload for m in c.messages] == [b"small"], 10)
+        s = pub.stats()
+        assert s["rejected"] == 1 and s["sent"] == 1 and s["connects"] == 1
+    finally:
+        pub.stop(3)
+        col.close()
+        b.stop()
