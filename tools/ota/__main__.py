@@ -1,0 +1,213 @@
+"""``python -m tools.ota keygen | package | push | watch`` — the operator's side of OTA model updates.
+
+    python -m tools.ota keygen --out ~/.config/digit-agent/ota.key
+    python -m tools.ota package --model new.onnx --card new.card.json --key ~/.config/digit-agent/ota.key \\
+        --job digits-2025-06-01 --version 7 --out digits-v7.ota.json
+    python -m tools.ota push --envelope digits-v7.ota.json --model new.onnx --device pi-042
+    python -m tools.ota push --envelope digits-v7.ota.json --model new.onnx --group kitchen --expect 12
+    python -m tools.ota watch --device pi-042
+
+Exit codes: 0 done (committed), 1 a device refused/failed/rolled back or time ran out, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from agent.control.ota.keys import keyid_of, parse_public_key, raw_public
+from tools.ota.package import PackageSpec, build_manifest, generate_key, load_private_key, sign
+from tools.ota.push import Connection, Pusher, StatusWatch, connect, read_manifest
+
+__all__ = ["main"]
+
+_REPO = Path(__file__).resolve().parents[2]
+_TERMINAL = ("committed", "rejected", "failed", "rolled_back")
+
+
+def _bar(progress: float, width: int = 30) -> str:
+    filled = round(progress * width)
+    return "[" + "#" * filled + "." * (width - filled) + f"] {progress * 100:5.1f} %"
+
+
+def _line(device: str, doc: dict[str, Any]) -> str:
+    reason = f"  {doc['reason']}" if doc.get("reason") else ""
+    progress = _bar(float(doc.get("progress") or 0))
+    return f"{device:<20} {doc.get('state', '?'):<12} v{doc.get('version')} {progress}{reason}"
+
+
+def _keygen(a: argparse.Namespace) -> int:
+    out = Path(a.out).expanduser().resolve()
+    if _REPO in out.parents and not a.force:
+        print(f"refusing to write a private key inside the repository ({_REPO}); use --force if you "
+              f"really mean it", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        keyid, pub = generate_key(out)
+    except FileExistsError:
+        print(f"{out} exists; not overwriting a key", file=sys.stderr)
+        return 2
+    print(f"private key {out} (mode 0600) — keep it off devices and out of git")
+    print(f"public key  {pub} — copy it into each device's ota.trusted_keys directory")
+    print(f"key id      {keyid}")
+    return 0
+
+
+def _package(a: argparse.Namespace) -> int:
+    model = Path(a.model).read_bytes()
+    keys = [load_private_key(Path(k).expanduser()) for k in a.key]
+    card: dict[str, Any] = json.loads(Path(a.card).read_text()) if a.card else {}
+    adds = []
+    for p in a.add_key:
+        raw = raw_public(parse_public_key(Path(p).read_bytes()))
+        adds.append({"keyid": keyid_of(raw), "pub": base64.b64encode(raw).decode()})
+    spec = PackageSpec(job=a.job, version=a.version, family=a.family, chunk_size=a.chunk_size,
+                       min_accuracy=a.min_accuracy, max_p99_ms=a.max_p99_ms, ttl_s=int(a.ttl_h * 3600),
+                       card=card, keys_add=adds, keys_revoke=list(a.revoke_key))
+    body = build_manifest(model, spec, keyid_of(raw_public(keys[0].public_key())))
+    env = sign(body, keys)
+    Path(a.out).write_bytes(env)
+    m = read_manifest(env)
+    expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m.expires))
+    print(f"{a.out}: job {m.job} version {m.version}, {m.size} bytes in {m.chunk_count} chunks of "
+          f"{m.chunk_size}, signed by {len(keys)} key(s), expires {expires} UTC")
+    return 0
+
+
+def _conn(a: argparse.Namespace) -> Connection:
+    password = Path(a.password_file).read_text().strip() if a.password_file else ""
+    return Connection(a.host, a.port, a.username, password, a.tls_ca)
+
+
+def _push(a: argparse.Namespace) -> int:
+    env = Path(a.envelope).read_bytes()
+    model = Path(a.model).read_bytes()
+    m = read_manifest(env)
+    lock = threading.Lock()
+
+    def show(device: str, doc: dict[str, Any]) -> None:
+        if doc.get("job") in (m.job, None):
+            with lock:
+                print(_line(device, doc), flush=True)
+
+    pusher = Pusher(_conn(a), a.prefix, env, model, m, rate=a.rate)
+    pusher.on_status = show
+    try:
+        pusher.send_manifest(device=a.device or "", group=a.group or "")
+        print(f"manifest for job {m.job} v{m.version} sent to "
+              f"{'device ' + a.device if a.device else 'group ' + a.group}; serving chunks", flush=True)
+        return _wait(pusher.watch, [a.device] if a.device else None, a.expect, a.timeout, pusher)
+    finally:
+        pusher.close()
+
+
+def _wait(watch: StatusWatch, devices: Optional[list[str]], expect: int, timeout: float,
+          pusher: Optional[Pusher] = None) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with watch.lock:
+            names = list(watch.docs) if devices is None else devices
+        finished = {d: watch.done(d) for d in names}
+        if names and all(finished.values()) and (devices is not None or len(names) >= expect):
+            ok = all(doc is not None and doc["state"] == "committed" for doc in finished.values())
+            sent = f", {pusher.sent} chunks sent for {pusher.requests} requests" if pusher else ""
+            print(f"done: {sum(1 for d in finished.values() if d and d['state'] == 'committed')}/"
+                  f"{len(names)} committed{sent}")
+            return 0 if ok else 1
+        time.sleep(0.2)
+    print(f"timed out after {timeout:g} s", file=sys.stderr)
+    return 1
+
+
+def _watch(a: argparse.Namespace) -> int:
+    watch = StatusWatch(a.job or "")
+    last: dict[str, str] = {}
+
+    def on_message(topic: str, payload: bytes) -> None:
+        device = topic.split("/")[-3]
+        doc = watch.offer(device, payload)
+        if doc is None:
+            return
+        text = _line(device, doc)
+        if last.get(device) != text:
+            last[device] = text
+            print(text, flush=True)
+        if not a.job and doc.get("job"):
+            watch.job = str(doc["job"])
+
+    client, _ = connect(_conn(a), on_message, [f"{a.prefix}/{a.device}/ota/status"])
+    try:
+        return _wait(watch, [a.device], 1, a.timeout)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.ota", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("keygen", help="new Ed25519 signing key (private 0600 + .pub)")
+    k.add_argument("--out", required=True, help="private key file (kept off devices and out of git)")
+    k.add_argument("--force", action="store_true", help="allow a path inside the repository")
+    k.set_defaults(func=_keygen)
+    pk = sub.add_parser("package", help="sign a model into an OTA envelope")
+    pk.add_argument("--model", required=True)
+    pk.add_argument("--key", action="append", required=True, help="private key (repeat to co-sign)")
+    pk.add_argument("--job", required=True, help="unique job id ([A-Za-z0-9_.-], <= 64)")
+    pk.add_argument("--version", type=int, required=True, help="model version, > the committed one")
+    pk.add_argument("--card", default="", help="model card JSON (normalisation, metrics, ...)")
+    pk.add_argument("--family", default="digit-28x28")
+    pk.add_argument("--chunk-size", type=int, default=16384)
+    pk.add_argument("--min-accuracy", type=float, default=0.98)
+    pk.add_argument("--max-p99-ms", type=float, default=5.0)
+    pk.add_argument("--ttl-h", type=float, default=168.0, help="hours until the manifest expires")
+    pk.add_argument("--add-key", action="append", default=[], help="public key to trust from now on "
+                    "(it must co-sign this manifest: pass its private key with --key too)")
+    pk.add_argument("--revoke-key", action="append", default=[], help="key id to stop trusting")
+    pk.add_argument("--out", required=True)
+    pk.set_defaults(func=_package)
+    for name, func, help_ in (("push", _push, "send an envelope to a device or a group and serve chunks"),
+                              ("watch", _watch, "follow a device's OTA status until it ends")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--host", default="127.0.0.1")
+        sp.add_argument("--port", type=int, default=1883)
+        sp.add_argument("--username", default="")
+        sp.add_argument("--password-file", default="")
+        sp.add_argument("--tls-ca", default="")
+        sp.add_argument("--prefix", default="digit-agent")
+        sp.add_argument("--timeout", type=float, default=600.0)
+        sp.set_defaults(func=func)
+        if name == "push":
+            sp.add_argument("--envelope", required=True)
+            sp.add_argument("--model", required=True)
+            target = sp.add_mutually_exclusive_group(required=True)
+            target.add_argument("--device")
+            target.add_argument("--group")
+            sp.add_argument("--expect", type=int, default=1, help="group: devices to wait for")
+            sp.add_argument("--rate", type=float, default=200.0, help="chunks per second")
+        else:
+            sp.add_argument("--device", required=True)
+            sp.add_argument("--job", default="", help="wait for this job (default: the first one seen)")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        rc: int = a.func(a)
+        return rc
+    except (OSError, ValueError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
