@@ -1,0 +1,46 @@
+"""End-to-end model pipeline on a small subset: train -> export -> quantize -> validate -> artefacts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")  # CI installs the `train` extra, so this runs there
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from tools.model.build import main
+
+    out = tmp_path / "models"
+    t0 = time.monotonic()
+    rc = main(
+        [
+            "--out", str(out), "--work", str(tmp_path / "work"),
+            "--epochs", "10", "--max-steps", "200", "--train-subset", "6000", "--test-subset", "1000",
+            "--methods", "minmax", "--calib-images", "1000", "--latency-runs", "100", "--golden", "300",
+            "--no-sensitivity", "--threads", "1",
+        ]
+    )  # fmt: skip
+    elapsed = time.monotonic() - t0
+    assert rc == 0
+    assert elapsed < 120, f"pipeline smoke run took {elapsed:.0f} s"
+    model, card = out / "digit_int8.onnx", json.loads((out / "digit_int8.card.json").read_text())
+    assert card["size_bytes"] == model.stat().st_size <= 16 * 1024
+    assert card["calibration"]["images"] == 1000
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    with np.load(out / "golden.npz") as g:
+        assert g["images"].shape == (300, 28, 28)
+    x = np.zeros((4, 1, 28, 28), np.float32)
+    (probs,) = sess.run(["probs"], {"input": x})
+    assert probs.shape == (4, 10)
+    # A few hundred steps already learn digits; through the daemon's preprocessing too.
+    assert card["accuracy"]["int8_test"] > 0.8
+    assert card["accuracy"]["agreement"] > 0.9
+    assert (tmp_path / "work" / "digit_fp32.onnx").exists()
