@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 __all__ = ["main"]
 
@@ -21,8 +21,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     simulate.add_args(sub.add_parser("simulate", help="N real agents + one broker + a staged rollout"))
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runner = {"status": status.run, "rollout": rollout.run, "simulate": simulate.run}[args.cmd]
-    return runner(args)
+    runners: dict[str, Callable[[argparse.Namespace], int]] = {
+        "status": status.run, "rollout": rollout.run, "simulate": simulate.run}
+    return runners[args.cmd](args)
 
 
 if __name__ == "__main__":
