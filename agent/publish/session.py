@@ -38,6 +38,7 @@ _paho_log = logging.getLogger(__name__ + ".paho")
 _QOS0_WINDOW = 256  # QoS 0 messages handed to paho but not yet written to the socket
 _BATCH = 256  # messages moved from the outbox per lock hold (bounds the inference thread's wait)
 _TICK_S = 0.5  # longest select(): bounds keepalive handling and stop latency
+_POISON_STRIKES = 3
 _AUTH_CODES = (0x86, 0x87)  # bad user name or password, not authorised (v3 codes 4/5 map here)
 
 
@@ -81,6 +82,9 @@ class Session:
         self._inflight: dict[int, Message] = {}
         self._n_q0 = self._n_q1 = 0
         self._window = self._m.max_inflight
+        self._suspect: Optional[Message] = None  # oldest un-acked message when a session died
+        self._strikes = 0
+        self._acked_at_connect = 0
         self._max_packet = 0  # broker's Maximum Packet Size (MQTT 5 CONNACK); 0 = none announced
         self._subscribed: set[str] = set()
         self.subs_dirty = False
@@ -240,6 +244,7 @@ class Session:
         receive_max = getattr(props, "ReceiveMaximum", None)
         self._window = min(self._m.max_inflight, receive_max or self._m.max_inflight)
         self._max_packet = int(getattr(props, "MaximumPacketSize", 0) or 0)
+        self._acked_at_connect = self.acked
         c.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)  # before any backlog
         self._subscribed.clear()
         self._subscribe_new(c)
@@ -269,6 +274,8 @@ class Session:
         back = list(self._inflight.values())  # insertion order = the order they were handed out
         self._inflight.clear()
         self._n_q0 = self._n_q1 = 0
+        if was and back:
+            self._check_poison(back)
         with self._lock:
             lost = self._outbox.requeue(back)
         if reason:
@@ -280,6 +287,22 @@ class Session:
             log.info("re-queued %d unacknowledged message(s)%s", len(back) - lost,
                      f", {lost} dropped (outbox full)" if lost else "")
         self._schedule_retry()
+
+    def _check_poison(self, back: list[Message]) -> None:
+        """A message the broker kills the connection over (e.g. too large for an MQTT 3.1.1 broker,
+        which cannot announce its limit) would be re-sent forever and block everything behind it:
+        after _POISON_STRIKES sessions in a row that died without a single ack with the same
+        oldest message, that message is rejected."""
+        if self.acked == self._acked_at_connect and back[0] is self._suspect:
+            self._strikes += 1
+        else:
+            self._suspect, self._strikes = back[0], 1
+        if self._strikes >= _POISON_STRIKES:
+            bad = back.pop(0)
+            self._suspect, self._strikes = None, 0
+            self.rejected += 1
+            log.error("dropping a message on %s (%d bytes): the connection died %d times in a row "
+                      "with it in flight", bad.topic, len(bad.payload), _POISON_STRIKES)
 
     def _schedule_retry(self) -> None:
         self.state = "down"
