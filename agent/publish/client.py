@@ -203,7 +203,7 @@ class Publisher:
             "connected": s.connected, "state": s.state, "connects": s.connects,
             "reconnects": max(0, s.connects - 1), "connect_failures": s.failures,
             "produced": produced, "queued": queued, "inflight": s.inflight, "dropped": dropped,
-            "rejected": rejected + s.rejected, "sent": s.sent, "acked": s.acked,
+            "rejected": rejected + s.fl.rejected, "sent": s.fl.sent, "acked": s.fl.acked,
             "rx": self._dispatch.received, "rx_dropped": self._dispatch.dropped,
             "handler_errors": self._dispatch.errors, "loop_restarts": s.loop_restarts,
             "last_error": s.last_error,

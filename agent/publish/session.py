@@ -9,8 +9,6 @@ paho callbacks only record what happened; the loop acts on it after the paho cal
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import select
 import socket
@@ -18,54 +16,25 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config.schema import Config
 from agent.publish.auth import Credentials
 from agent.publish.dispatch import Dispatcher
-from agent.publish.outbox import Message, Outbox
-from agent.publish.payloads import STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED
+from agent.publish.inflight import Inflight
+from agent.publish.outbox import Outbox
+from agent.publish.pahoclient import PahoLog, close_client, guarded, new_client
+from agent.publish.payloads import STATUS_ONLINE, STATUS_STOPPED
 from agent.source.base import Backoff
 
 __all__ = ["Session"]
 
 log = logging.getLogger(__name__)
-_paho_log = logging.getLogger(__name__ + ".paho")
 
-_QOS0_WINDOW = 256  # QoS 0 messages handed to paho but not yet written to the socket
-_BATCH = 256  # messages moved from the outbox per lock hold (bounds the inference thread's wait)
 _TICK_S = 0.5  # longest select(): bounds keepalive handling and stop latency
-_POISON_STRIKES = 3
 _AUTH_CODES = (0x86, 0x87)  # bad user name or password, not authorised (v3 codes 4/5 map here)
-
-
-class _PahoLog:
-    """Forwards paho's log calls to our logger and remembers the last error (e.g. a TLS alert),
-    which paho reports only in its log, so ``last_error`` can say why a connection failed."""
-
-    def __init__(self) -> None:
-        self.last: Optional[str] = None
-
-    def log(self, level: int, fmt: str, *args: Any) -> None:
-        if level >= logging.ERROR:
-            self.last = fmt % args
-        _paho_log.log(level, fmt, *args)
-
-
-def _callback(fn: Callable[..., None]) -> Callable[..., None]:
-    """paho callbacks must never raise: log and carry on."""
-
-    @functools.wraps(fn)
-    def guarded(*args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("MQTT callback %s failed", fn.__name__)
-
-    return guarded
 
 
 class Session:
@@ -79,13 +48,7 @@ class Session:
         self._client: Optional[mqtt.Client] = None
         self._next_attempt = 0.0
         self._conn_deadline = 0.0
-        self._inflight: dict[int, Message] = {}
-        self._n_q0 = self._n_q1 = 0
-        self._window = self._m.max_inflight
-        self._suspect: Optional[Message] = None  # oldest un-acked message when a session died
-        self._strikes = 0
-        self._acked_at_connect = 0
-        self._max_packet = 0  # broker's Maximum Packet Size (MQTT 5 CONNACK); 0 = none announced
+        self.fl = Inflight(self._m.max_inflight)
         self._subscribed: set[str] = set()
         self.subs_dirty = False
         # Set by paho callbacks, consumed by the loop.
@@ -101,15 +64,15 @@ class Session:
         # Stats.
         self.connected = False
         self.state = "down"
-        self.connects = self.failures = self.sent = self.acked = self.rejected = 0
+        self.connects = self.failures = 0
         self.loop_restarts = 0
         self.last_error: Optional[str] = None
         self.beat = time.monotonic()
-        self._paho_log = _PahoLog()
+        self._paho_log = PahoLog()
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        return len(self.fl)
 
     def request_stop(self, timeout: float) -> None:
         now = time.monotonic()
@@ -195,31 +158,16 @@ class Session:
             pass
 
     def _drained(self) -> bool:
-        return not self._outbox and not self._inflight
+        return not self._outbox and not self.fl
 
     # -- connection ------------------------------------------------------------------------------
     def _new_client(self) -> mqtt.Client:
-        v5 = self._m.protocol == "5"
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._cfg.client_id,
-                        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                        clean_session=None if v5 else True)
-        c.suppress_exceptions = True
-        c.enable_logger(cast(logging.Logger, self._paho_log))  # paho only calls .log()
+        c = new_client(self._cfg, self._creds, self.status_topic, self._paho_log)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
-        # With a register-write hook paho only queues in publish(); all writes happen in _io.
-        c.on_socket_register_write = _noop
-        c.max_inflight_messages_set(0)  # we bound in-flight ourselves; paho must never hold back
-        c.max_queued_messages_set(0)
-        c.connect_timeout = self._m.connect_timeout_s
-        c.will_set(self.status_topic, STATUS_OFFLINE, qos=1, retain=True)
-        if self._creds.username:
-            c.username_pw_set(self._creds.username, self._creds.password)
-        if self._creds.tls is not None:
-            c.tls_set_context(self._creds.tls)
         return c
 
     def _open(self) -> None:
@@ -231,7 +179,7 @@ class Session:
         except (OSError, ValueError) as exc:  # ssl.SSLError and socket.timeout are OSErrors
             self._error(f"connect to {self._m.host}:{self._m.port} failed: {exc}")
             self.failures += 1
-            _close(c)
+            close_client(c)
             self._schedule_retry()
             return
         self._client = c
@@ -241,16 +189,13 @@ class Session:
         self.connected, self.state = True, "connected"
         self.connects += 1
         self._backoff.reset()
-        receive_max = getattr(props, "ReceiveMaximum", None)
-        self._window = min(self._m.max_inflight, receive_max or self._m.max_inflight)
-        self._max_packet = int(getattr(props, "MaximumPacketSize", 0) or 0)
-        self._acked_at_connect = self.acked
+        self.fl.session_started(props)
         c.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)  # before any backlog
         self._subscribed.clear()
         self._subscribe_new(c)
         self.connected_event.set()
         log.info("MQTT connected to %s:%d (connection %d, window %d, %d queued)", self._m.host,
-                 self._m.port, self.connects, self._window, len(self._outbox))
+                 self._m.port, self.connects, self.fl.window, len(self._outbox))
 
     def _subscribe_new(self, c: mqtt.Client) -> None:
         """Make the broker's subscriptions match the dispatcher's table."""
@@ -270,12 +215,8 @@ class Session:
         self._lost = self._connack = None
         self._stopped_mid = None
         if c is not None:
-            _close(c)
-        back = list(self._inflight.values())  # insertion order = the order they were handed out
-        self._inflight.clear()
-        self._n_q0 = self._n_q1 = 0
-        if was and back:
-            self._check_poison(back)
+            close_client(c)
+        back = self.fl.take_back(was)
         with self._lock:
             lost = self._outbox.requeue(back)
         if reason:
@@ -288,22 +229,6 @@ class Session:
                      f", {lost} dropped (outbox full)" if lost else "")
         self._schedule_retry()
 
-    def _check_poison(self, back: list[Message]) -> None:
-        """A message the broker kills the connection over (e.g. too large for an MQTT 3.1.1 broker,
-        which cannot announce its limit) would be re-sent forever and block everything behind it:
-        after _POISON_STRIKES sessions in a row that died without a single ack with the same
-        oldest message, that message is rejected."""
-        if self.acked == self._acked_at_connect and back[0] is self._suspect:
-            self._strikes += 1
-        else:
-            self._suspect, self._strikes = back[0], 1
-        if self._strikes >= _POISON_STRIKES:
-            bad = back.pop(0)
-            self._suspect, self._strikes = None, 0
-            self.rejected += 1
-            log.error("dropping a message on %s (%d bytes): the connection died %d times in a row "
-                      "with it in flight", bad.topic, len(bad.payload), _POISON_STRIKES)
-
     def _schedule_retry(self) -> None:
         self.state = "down"
         self._next_attempt = time.monotonic() + self._backoff.next_delay()
@@ -315,50 +240,28 @@ class Session:
 
     # -- sending ---------------------------------------------------------------------------------
     def _pump(self, c: mqtt.Client) -> None:
-        batch: list[Message] = []
         with self._lock:
-            ob = self._outbox
-            while ob and len(batch) < _BATCH:
-                m = ob.peek()
-                assert m is not None
-                if m.qos:
-                    if self._n_q1 >= self._window:
-                        break
-                    self._n_q1 += 1
-                elif self._n_q0 >= _QOS0_WINDOW:
-                    break
-                else:
-                    self._n_q0 += 1
-                batch.append(ob.pop())
-            if not ob:
+            batch = self.fl.take(self._outbox)
+            if not self._outbox:
                 self._on_empty()
         for i, m in enumerate(batch):
             try:
-                if self._max_packet and _packet_size(m) > self._max_packet:
-                    # The broker would drop the connection; re-sending it after every reconnect
-                    # would block the outbox forever.
-                    raise ValueError(f"{_packet_size(m)} bytes exceed the broker's maximum packet "
-                                     f"size {self._max_packet}")
+                problem = self.fl.problem(m)
+                if problem:  # re-sent after every reconnect it would block the outbox forever
+                    raise ValueError(problem)
                 info = c.publish(m.topic, m.payload, m.qos, m.retain)
-            except (ValueError, TypeError) as exc:  # e.g. payload too large: this message only
-                self._forget(m)
-                self.rejected += 1
+            except (ValueError, TypeError) as exc:  # this message only
+                self.fl.unreserve(m, rejected=True)
                 log.error("dropping unpublishable message on %s: %s", m.topic, exc)
                 continue
             if info.rc != mqtt.MQTT_ERR_SUCCESS:  # connection went away under us
                 for rest in batch[i:]:
-                    self._forget(rest)
+                    self.fl.unreserve(rest, rejected=False)
                 with self._lock:
                     self._outbox.requeue(batch[i:])
                 self._lost = f"publish: {mqtt.error_string(info.rc)}"
                 return
-            self._inflight[info.mid] = m
-
-    def _forget(self, m: Message) -> None:
-        if m.qos:
-            self._n_q1 -= 1
-        else:
-            self._n_q0 -= 1
+            self.fl.handed(info.mid, m)
 
     def _stop_progress(self, c: mqtt.Client, now: float) -> bool:
         """Shutdown while connected: flush, then retained ``stopped``, then a clean DISCONNECT."""
@@ -377,13 +280,13 @@ class Session:
     def _finish(self) -> None:
         c, self._client = self._client, None
         if c is not None:
-            _close(c)
+            close_client(c)
         self.connected, self.state = False, "stopped"
         self.connected_event.clear()
         self.done.set()
 
     # -- paho callbacks (loop thread; record only) -------------------------------------------------
-    @_callback
+    @guarded
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, props: Any) -> None:
         if client is not self._client:
             return
@@ -393,52 +296,29 @@ class Session:
         else:
             self._connack = props
 
-    @_callback
+    @guarded
     def _on_disconnect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         if client is self._client and self._lost is None:
             by = "DISCONNECT from broker" if flags.is_disconnect_packet_from_server else "socket closed"
             self._lost = f"{rc} ({by})"
 
-    @_callback
+    @guarded
     def _on_publish(self, client: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
         if client is not self._client:
             return
-        m = self._inflight.pop(mid, None)
+        m = self.fl.completed(mid, failed=rc.is_failure)
         if m is None:
             if mid == self._stopped_mid:
                 self._stopped_acked = True
-            return
-        self._forget(m)
-        if rc.is_failure:  # MQTT 5 PUBACK with an error reason (e.g. not authorised)
-            self.rejected += 1
+        elif rc.is_failure:  # MQTT 5 PUBACK with an error reason (e.g. not authorised)
             self._error(f"broker refused a message on {m.topic}: {rc}")
-        else:
-            self.sent += 1
-            self.acked += m.qos > 0
 
-    @_callback
+    @guarded
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self._dispatch.offer(msg.topic, bytes(msg.payload))
 
-    @_callback
+    @guarded
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, rcs: list[Any], _p: Any) -> None:
         for rc in rcs:
             if rc.is_failure:
                 self._error(f"subscription refused: {rc}")
-
-
-def _packet_size(m: Message) -> int:
-    """Upper bound of the PUBLISH packet size (fixed header 5, topic 2+n, packet id 2, props 1)."""
-    return 10 + len(m.topic.encode()) + len(m.payload)
-
-
-def _noop(*_args: Any) -> None:
-    pass
-
-
-def _close(c: mqtt.Client) -> None:
-    """Drop a paho client's socket without a DISCONNECT (that would cancel the Last Will)."""
-    sock = c.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
