@@ -33,7 +33,7 @@ from agent.config.schema import SourceConfig
 from agent.ring import FrameRing
 from agent.source.base import Backoff, StatValue
 
-__all__ = ["PipeSource", "frame_layout"]
+__all__ = ["PipeSource", "RateGate", "frame_layout"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,27 @@ def frame_layout(width: int, height: int, pixel_format: str) -> tuple[int, int]:
     raise ValueError(f"unsupported pixel format {pixel_format!r}")
 
 
+class RateGate:
+    """Keeps at most one frame per ``period_ns`` (0 = every frame); pure, so it is tested on a fake clock.
+
+    Keep times advance by exactly one period, so the kept rate converges on ``1e9 / period_ns`` even when
+    the camera's frame times jitter around the boundary; after a stall (no frame for a period or more)
+    the schedule restarts from the current frame instead of bursting to catch up.
+    """
+
+    def __init__(self, period_ns: int) -> None:
+        self.period_ns = period_ns
+        self._next_ns = 0
+
+    def skip(self, now_ns: int) -> bool:
+        return bool(self.period_ns) and now_ns < self._next_ns
+
+    def kept(self, now_ns: int) -> None:
+        if self.period_ns:
+            nxt = self._next_ns + self.period_ns
+            self._next_ns = nxt if nxt > now_ns else now_ns + self.period_ns
+
+
 class PipeSource:
     """A :class:`~agent.source.base.FrameSource` reading raw ``cfg.width``×``cfg.height`` frames."""
 
@@ -63,7 +84,7 @@ class PipeSource:
         self.y_bytes, self.tail_bytes = frame_layout(cfg.width, cfg.height, cfg.pixel_format)
         self.frame_bytes = self.y_bytes + self.tail_bytes
         self.roi = tuple(cfg.roi) if cfg.roi else (0, 0, cfg.width, cfg.height)
-        self.period_ns = int(1e9 / cfg.max_fps) if cfg.max_fps > 0 else 0
+        self.gate = RateGate(int(1e9 / cfg.max_fps) if cfg.max_fps > 0 else 0)
         self.limit = cfg.limit
         self._reopen = (cfg.reopen_min_s, cfg.reopen_max_s)
         self._scratch = memoryview(bytearray(self.frame_bytes))  # skipped frames and chroma planes
@@ -71,7 +92,6 @@ class PipeSource:
         self._slots: list[memoryview] = []
         self._poll = select.poll()
         self._blocking = False
-        self._next_keep_ns = 0
         self.state = "down"
         self.frames_ok = 0
         self.frames_skipped = 0
@@ -202,7 +222,7 @@ class PipeSource:
     def _one_frame(self, raw: io.FileIO, ring: FrameRing, stop: threading.Event) -> tuple[int, int]:
         """Read one frame (kept into a ring slot, or skipped); returns (bytes read, frame bytes)."""
         now = time.monotonic_ns()
-        if self.period_ns and now < self._next_keep_ns:
+        if self.gate.skip(now):
             got = self._fill(raw, self._scratch, self.frame_bytes, stop)
             if got == self.frame_bytes:
                 self.frames_skipped += 1
@@ -217,15 +237,8 @@ class PipeSource:
         x, y, w, h = self.roi
         ring.commit(idx, h, w, self.frames_seen, time.monotonic_ns(), top=y, left=x)
         self.frames_ok += 1
-        self._schedule(now)
+        self.gate.kept(now)
         return got, self.frame_bytes
-
-    def _schedule(self, now: int) -> None:
-        # Keep times advance by exactly one period, so the kept rate converges on max_fps; after a
-        # stall (no frames for a period or more) the schedule restarts from now instead of bursting.
-        if self.period_ns:
-            nxt = self._next_keep_ns + self.period_ns
-            self._next_keep_ns = nxt if nxt > now else now + self.period_ns
 
     def _fill(self, raw: io.FileIO, buf: memoryview, n: int, stop: threading.Event) -> int:
         """Read exactly ``n == len(buf)`` bytes into ``buf``; fewer only at EOF or ``stop``."""
