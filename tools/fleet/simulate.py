@@ -56,6 +56,7 @@ class Fleet:
     prefix: str = "digit-agent"
     rate_hz: float = 2.0
     test_window_s: float = 2.0
+    deadline_ms: float = 200.0
     bad: set[str] = field(default_factory=set)
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -81,7 +82,7 @@ class Fleet:
             "mqtt": {"host": self.host, "port": self.port, "topic_prefix": self.prefix,
                      "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
             "source": {"type": "replay", "path": str(self.golden), "rate_hz": self.rate_hz},
-            "inference": {"model": str(self.model), "golden": str(self.golden), "deadline_ms": 200.0},
+            "inference": {"model": str(self.model), "golden": str(self.golden), "deadline_ms": self.deadline_ms},
             "health": {"interval_s": 2.0},
             "ota": {"trusted_keys": str(self.workdir / "keys"), "test_window_s": self.test_window_s,
                     "stall_s": 1.0},
@@ -152,6 +153,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--golden", default=str(REPO / "models" / "golden.npz"))
     p.add_argument("--bad-fraction", type=float, default=0.0, help="devices whose OTA gate must fail")
     p.add_argument("--canary-fraction", type=float, default=0.1)
+    p.add_argument("--waves", type=int, default=3, help="batches after the canaries (bounds simultaneous gates)")
+    p.add_argument("--gate-p99-ms", type=float, default=1000.0,
+                   help="latency gate and deadline: N agents share this machine's cores, a device has its own")
     p.add_argument("--rate-hz", type=float, default=2.0)
     p.add_argument("--test-window-s", type=float, default=2.0)
     p.add_argument("--port", type=int, default=18830)
@@ -176,9 +180,9 @@ def _rollout_args(ns: argparse.Namespace, fleet: Fleet, model: Path, state: Path
     return ["--host", "127.0.0.1", "--port", str(ns.port), "--prefix", fleet.prefix,
             "--devices", ",".join(fleet.ids), "--model", str(model), "--key", str(fleet.key),
             "--version", str(ns.version), "--job", ns.job, "--canary-fraction", str(ns.canary_fraction),
-            "--max-failures", "0", "--timeout", str(ns.timeout), "--state", str(state),
-            "--rollback-model", str(Path(ns.model).resolve()), "--min-accuracy", "0.5", "--max-p99-ms", "200",
-            "--json"]
+            "--waves", str(ns.waves),            "--max-failures", "0", "--timeout", str(ns.timeout), "--state", str(state),
+            "--rollback-model", str(Path(ns.model).resolve()), "--min-accuracy", "0.5",
+            "--max-p99-ms", str(ns.gate_p99_ms),            "--json"]
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -188,7 +192,7 @@ def run(ns: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     ns.version, ns.job = int(time.time()) % 100000 + 1000, f"sim-{int(time.time())}"
     fleet = Fleet(work, "127.0.0.1", ns.port, Path(ns.model).resolve(), Path(ns.golden).resolve(), n=ns.agents,
-                  rate_hz=ns.rate_hz, test_window_s=ns.test_window_s)
+                  rate_hz=ns.rate_hz, test_window_s=ns.test_window_s, deadline_ms=ns.gate_p99_ms)
     if ns.bad_fraction > 0:
         canaries = make_stages(fleet.ids, ns.job, ns.canary_fraction, 1)[0]
         n_bad = max(1, round(ns.bad_fraction * ns.agents))
