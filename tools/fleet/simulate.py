@@ -180,9 +180,9 @@ def _rollout_args(ns: argparse.Namespace, fleet: Fleet, model: Path, state: Path
     return ["--host", "127.0.0.1", "--port", str(ns.port), "--prefix", fleet.prefix,
             "--devices", ",".join(fleet.ids), "--model", str(model), "--key", str(fleet.key),
             "--version", str(ns.version), "--job", ns.job, "--canary-fraction", str(ns.canary_fraction),
-            "--waves", str(ns.waves),            "--max-failures", "0", "--timeout", str(ns.timeout), "--state", str(state),
+            "--waves", str(ns.waves), "--max-failures", "0", "--timeout", str(ns.timeout), "--state", str(state),
             "--rollback-model", str(Path(ns.model).resolve()), "--min-accuracy", "0.5",
-            "--max-p99-ms", str(ns.gate_p99_ms),            "--json"]
+            "--max-p99-ms", str(ns.gate_p99_ms), "--json"]
 
 
 def run(ns: argparse.Namespace) -> int:
