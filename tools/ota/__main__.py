@@ -130,7 +130,7 @@ def _watch(a: argparse.Namespace) -> int:
     watch = StatusWatch(a.job or "")
     last: dict[str, str] = {}
 
-    def on_message(topic: str, payload: bytes) -> None:
+    def on_message(topic: str, payload: bytes, retained: bool) -> None:
         device = topic.split("/")[-3]
         doc = watch.offer(device, payload)
         if doc is None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import onnxruntime as ort
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -57,6 +56,8 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def model_io(model: bytes) -> tuple[dict[str, Any], dict[str, Any], int]:
     """(input spec, output spec, highest default-domain opset) read from the model itself."""
+    import onnxruntime as ort  # here, not at import: keygen/push/watch do not need it
+
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     specs = []
     for t in (sess.get_inputs()[0], sess.get_outputs()[0]):

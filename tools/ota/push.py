@@ -38,7 +38,7 @@ class Connection:
     client_id: str = ""
 
 
-def connect(conn: Connection, on_message: Callable[[str, bytes], None],
+def connect(conn: Connection, on_message: Callable[[str, bytes, bool], None],
             topics: list[str], timeout: float = 10.0) -> tuple[mqtt.Client, Optional[int]]:
     """A connected MQTT 5 client subscribed to ``topics``; also the broker's maximum packet size."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=conn.client_id, protocol=mqtt.MQTTv5)
@@ -58,7 +58,7 @@ def connect(conn: Connection, on_message: Callable[[str, bytes], None],
 
     client.on_connect = on_connect
     client.on_subscribe = lambda *a: ready.set()
-    client.on_message = lambda c, u, msg: on_message(msg.topic, bytes(msg.payload))
+    client.on_message = lambda c, u, msg: on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
     client.max_inflight_messages_set(64)
     client.connect(conn.host, conn.port, keepalive=30)
     client.loop_start()
@@ -140,10 +140,12 @@ class Pusher:
             time.sleep(0.05)
         self.client.publish(topic, self.envelope, qos=1).wait_for_publish(max(1.0, deadline - time.monotonic()))
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         parts = topic.split("/")
         device = parts[-3] if len(parts) >= 3 else ""
         if topic.endswith("/ota/status"):
+            if retained:  # from before this push: a stale refusal (job None) must not end it
+                return
             doc = self.watch.offer(device, payload)
             if doc is not None and self.on_status is not None:
                 self.on_status(device, doc)

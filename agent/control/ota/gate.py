@@ -7,7 +7,6 @@ itself costs the inference thread one pointer exchange.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,11 @@ import onnxruntime as ort
 
 from agent.control.ota.keys import KeyRing
 from agent.control.ota.manifest import Manifest, ManifestError, TensorSpec, parse_envelope, verify_signatures
+from agent.control.ota.store import file_sha256
 from agent.inference import GoldenResult, GoldenSet, LoadedModel, ModelError, evaluate_golden
 from agent.preprocess import Preprocessor
 
-__all__ = ["GateError", "GatePolicy", "GateResult", "file_sha256", "validate", "verify_file"]
+__all__ = ["GateError", "GatePolicy", "GateResult", "validate", "verify_file"]
 
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)",
               "int8": "tensor(int8)"}
@@ -46,14 +46,6 @@ class GatePolicy:
 class GateResult:
     model: LoadedModel
     golden: GoldenResult
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:

@@ -12,8 +12,7 @@ import time
 from typing import Any, Optional
 
 from agent.config.schema import Config
-from agent.control.ota.gate import file_sha256
-from agent.control.ota.store import OtaState, SlotInfo, Store
+from agent.control.ota.store import OtaState, SlotInfo, Store, file_sha256
 
 __all__ = ["STATES", "TERMINAL", "ModelChoice", "startup_model", "status_doc"]
 

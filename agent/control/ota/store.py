@@ -16,6 +16,7 @@ bytes that are not on disk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["MAX_SEEN_JOBS", "OtaState", "SlotInfo", "Store", "atomic_write"]
+__all__ = ["MAX_SEEN_JOBS", "OtaState", "SlotInfo", "Store", "atomic_write", "file_sha256"]
 
 _log = logging.getLogger(__name__)
 MAX_SEEN_JOBS = 256
@@ -44,6 +45,14 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:
