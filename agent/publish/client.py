@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 StatValue = Union[int, float, str, bool, None]
 
 _TOPIC_CACHE_MAX = 1024
+_RESOLVER_GRACE_S = 60.0
 _QOS = frozenset((0, 1, 2))
 _new_msg = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 
@@ -154,7 +155,8 @@ class Publisher:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush (≈70 % of ``timeout``), publish retained ``stopped``, disconnect; returns within
-        ``timeout`` + 0.5 s. Messages still queued then are reported in the log and :meth:`stats`."""
+        ``timeout`` + 0.5 s. Messages still queued then are reported in the log and :meth:`stats`.
+        A stopped publisher cannot be started again."""
         if self._thread is None:
             return
         self._session.request_stop(timeout)
@@ -163,6 +165,9 @@ class Publisher:
         if self._thread.is_alive():
             log.warning("MQTT loop did not finish within %.1f s; abandoning it", timeout)
             self._session.done.set()
+        else:
+            self._wake_r.close()  # a later publish() only queues (its wake send fails quietly)
+            self._wake_w.close()
         self._dispatch.close(0.5)
         left = len(self._outbox) + self._session.inflight
         if left:
@@ -179,6 +184,10 @@ class Publisher:
             self._start_loop()
             return False
         limit = max_age_s if max_age_s is not None else 2 * self._cfg.mqtt.connect_timeout_s + 10
+        if self._session.connecting_since is not None:
+            # Inside paho's connect(): the resolver can take tens of seconds on a bad network
+            # (glibc: 5 s x 2 attempts x up to 3 servers); that is not a stuck loop.
+            limit = max(limit, self._cfg.mqtt.connect_timeout_s + _RESOLVER_GRACE_S)
         fresh = time.monotonic() - self._session.beat < limit
         return self._dispatch.alive() and fresh
 

@@ -68,6 +68,7 @@ class Session:
         self.loop_restarts = 0
         self.last_error: Optional[str] = None
         self.beat = time.monotonic()
+        self.connecting_since: Optional[float] = None
         self._paho_log = PahoLog()
 
     @property
@@ -174,14 +175,17 @@ class Session:
         self.state = "connecting"
         c = self._new_client()
         kw: dict[str, Any] = {"clean_start": True} if self._m.protocol == "5" else {}
+        self.connecting_since = time.monotonic()  # DNS inside connect() has no timeout of ours
         try:
             c.connect(self._m.host, self._m.port, keepalive=self._m.keepalive_s, **kw)
         except (OSError, ValueError) as exc:  # ssl.SSLError and socket.timeout are OSErrors
+            self.connecting_since = None
             self._error(f"connect to {self._m.host}:{self._m.port} failed: {exc}")
             self.failures += 1
             close_client(c)
             self._schedule_retry()
             return
+        self.connecting_since = None
         self._client = c
         self._conn_deadline = time.monotonic() + self._m.connect_timeout_s
 
