@@ -114,7 +114,7 @@ def feed(d: Draw, dec: FrameDecoder, stream: bytes,
     pos, n = 0, len(stream)
     mode = d.number(0, 2)
     while pos < n:
-        step = n if mode == 0 else d.number(1, 64 if mode == 1 else n)
+        step = n if mode == 0 else d.number(1, 256 if mode == 1 else n)
         got = dec.feed(memoryview(stream)[pos:pos + step] if step % 2 else stream[pos:pos + step], sink)
         if got < 0:
             raise Violation("feed returned a negative count")

@@ -39,7 +39,8 @@ def run_target(name: str, seconds: int, runs: int, work: Path, strict: bool) -> 
     subprocess.run([sys.executable, "-m", module, "--write-seeds", str(corpus)], cwd=_REPO, check=True,
                    timeout=120, capture_output=True)
     cmd = [sys.executable, "-m", module, f"-max_total_time={seconds}", "-print_final_stats=1",
-           f"-artifact_prefix={base}/", "-rss_limit_mb=2048", "-timeout=20"]
+           f"-artifact_prefix={base}/", "-rss_limit_mb=2048", "-timeout=20",
+           "-max_len=4096"]
     if runs:
         cmd.append(f"-runs={runs}")
     env = {**os.environ, "FUZZ_STATS_DIR": str(stats_dir), "FUZZ_KEEP_GOING": "0" if strict else "1"}
