@@ -91,7 +91,10 @@ def test_messages_arrive_in_order_and_status_goes_online_then_stopped(broker: Br
         for i in range(200):
             pub.publish("result", b'{"seq":%d}' % (500 + i), qos=0)
         assert col.wait_for(lambda c: len(c.on("/result")) >= 700, 30)
-        assert _seqs(col) == list(range(700))
+        got = _seqs(col)
+        # MQTT orders messages per QoS level only (the broker may let QoS 0 overtake queued QoS 1).
+        assert [x for x in got if x < 500] == list(range(500))
+        assert [x for x in got if x >= 500] == list(range(500, 700))
         assert [m.payload for m in col.on("/status")] == [b"online"]
     finally:
         pub.stop(5)
