@@ -369,3 +369,22 @@ def test_message_over_the_brokers_packet_limit_is_rejected_not_retried(
         pub.stop(3)
         col.close()
         b.stop()
+
+
+def test_qos2_delivers_exactly_once_on_a_stable_connection(broker: Broker,
+                                                          stop_event: threading.Event) -> None:
+    col = Collector(broker, "digit-agent/dev1/result", qos=2)
+    pub = Publisher(make_cfg(broker.host, broker.port), stop_event)
+    pub.start()
+    try:
+        assert pub.wait_connected(10)
+        for i in range(200):
+            pub.publish("result", b'{"seq":%d}' % i, qos=2)
+        assert pub.flush(20)
+        assert col.wait_for(lambda c: len(c.messages) >= 200, 10)
+        time.sleep(0.3)  # a duplicate would arrive right behind
+        assert _seqs(col) == list(range(200))
+        assert pub.stats()["acked"] == 200  # counted at PUBCOMP
+    finally:
+        pub.stop(3)
+        col.close()
