@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import sys
@@ -152,6 +153,7 @@ def _build(cls: type, raw: Any, keypath: tuple[str, ...], ctx: _Ctx, top: bool =
 
 
 _INVALID = object()
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _check_value(ftype: Any, value: Any, meta: Mapping[str, Any], kp: tuple[str, ...], ctx: _Ctx) -> Any:
@@ -163,12 +165,15 @@ def _check_value(ftype: Any, value: Any, meta: Mapping[str, Any], kp: tuple[str,
     elif ftype is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif ftype is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
     else:
-        ok = isinstance(value, str)
+        ok = isinstance(value, str) and not _CONTROL.search(value)
     if not ok:
-        ctx.error(kp, f"expected {ftype.__name__}, got {_tname(value)} {value!r}")
+        what = "a finite float" if ftype is float else ftype.__name__
+        if ftype is str and isinstance(value, str):
+            what = "a string without control characters"
+        ctx.error(kp, f"expected {what}, got {_tname(value)} {value!r}")
         return _INVALID
     reason = _limit_problem(value, meta)
     if reason:
@@ -210,7 +215,7 @@ def _limit_problem(value: Any, meta: Mapping[str, Any]) -> Optional[str]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{value!r} is not one of {', '.join(map(repr, choices))}{hint}"
     pattern = meta.get("pattern")
-    if pattern and not re.match(pattern, value):
+    if pattern and not re.fullmatch(pattern, value):
         return f"{value!r} does not match {pattern}"
     return None
 
