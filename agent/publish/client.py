@@ -21,6 +21,9 @@ Design (why it looks like this):
   subscriptions, and registers the retained Last Will ``offline``. ``stop()`` flushes, publishes
   retained ``stopped`` and disconnects cleanly (so the will is not sent).
 
+QoS 2 is exactly-once only within one connection: each connection is a clean session, so a QoS 2
+message in flight when the connection dies is re-sent and may arrive twice (``seq`` tells).
+
 Topics: ``suffix`` is relative to ``<topic_prefix>/<device.id>/``; a leading ``/`` marks an
 absolute topic and is stripped (``"/homeassistant/x/config"`` → ``homeassistant/x/config``).
 """
