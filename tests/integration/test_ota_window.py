@@ -74,3 +74,28 @@ def test_broker_cut_mid_transfer_resumes(tmp_path: Path, broker: Broker) -> None
     finally:
         device.stop()
         bench.close()
+
+
+def test_push_refuses_chunks_larger_than_the_brokers_maximum_packet(tmp_path: Path) -> None:
+    """mosquitto announces max_packet_size in its MQTT 5 CONNACK; the push tool respects it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.helpers.ota_device import CARD
+    from tools.ota.package import PackageSpec, build_manifest, sign
+    from tools.ota.push import Connection, Pusher, read_manifest
+
+    broker = Broker(tmp_path, extra="max_packet_size 3000").start()
+    try:
+        v2 = model_bytes("good", tag=2)
+        key = Ed25519PrivateKey.generate()
+        for chunk, ok in ((4096, False), (2048, True)):
+            env = sign(build_manifest(v2, PackageSpec(job=f"j{chunk}", version=2, card=CARD, chunk_size=chunk),
+                                      "0" * 16), [key])
+            conn = Connection(broker.host, broker.port, client_id=f"op{chunk}")
+            if ok:
+                Pusher(conn, "digit-agent", env, v2, read_manifest(env)).close()
+            else:
+                with pytest.raises(ValueError, match="maximum packet size 3000"):
+                    Pusher(conn, "digit-agent", env, v2, read_manifest(env))
+    finally:
+        broker.stop()

@@ -23,7 +23,7 @@ from agent.control.ota.keys import load_keyring
 from agent.control.ota.manifest import Limits, Manifest, ManifestError, open_envelope
 from agent.control.ota.startup import TERMINAL, status_doc
 from agent.control.ota.store import Store
-from agent.control.ota.transfer import Bitmap, ChunkError, check_chunk, encode_request, parse_chunk
+from agent.control.ota.transfer import Bitmap, ChunkCorrupt, ChunkError, check_chunk, encode_request, parse_chunk
 from agent.inference import Engine
 
 __all__ = ["OtaController", "PublisherLike"]
@@ -155,12 +155,12 @@ class OtaController:
             job, envelope, bits = pending
             try:
                 m = self._open(envelope)
-            except ManifestError as exc:
-                _log.warning("OTA: dropping unfinished download %s: %s", job, exc)
+            except ManifestError as exc:  # e.g. expired or its key revoked while we were down
                 self._store.clear_downloads()
+                self._report(status_doc("rejected", job, None, f"unfinished download dropped: {exc}"))
                 return
             self._begin(m, envelope, bits)
-        elif self._state in ("idle",) and last is None:
+        elif last is None:
             self._report(status_doc("idle", reason=self._keys_note()))
 
     def _keys_note(self) -> str:
@@ -244,7 +244,7 @@ class OtaController:
                 return
             check_chunk(dl.m, index, count, data)
         except ChunkError as exc:
-            self._chunk_refused(dl, payload, str(exc))
+            self._chunk_refused(dl, exc)
             return
         assert self._store is not None
         try:
@@ -260,15 +260,14 @@ class OtaController:
         if dl.bitmap.complete:
             self._complete(dl)
 
-    def _chunk_refused(self, dl: _Download, payload: bytes, reason: str) -> None:
+    def _chunk_refused(self, dl: _Download, exc: ChunkError) -> None:
         self._counters["chunks_rejected"] += 1
         dl.rejected_chunks += 1
-        _log.warning("OTA job %s: chunk refused: %s", dl.m.job, reason)
-        if "mismatch" in reason:  # the same chunk bad again and again: the source itself is broken
-            index = int.from_bytes(payload[4:8], "big")
-            dl.bad[index] = dl.bad.get(index, 0) + 1
-            if dl.bad[index] >= _MAX_BAD_COPIES:
-                self._fail(dl.m, f"chunk {index} arrived corrupted {_MAX_BAD_COPIES} times; giving up")
+        _log.warning("OTA job %s: chunk refused: %s", dl.m.job, exc)
+        if isinstance(exc, ChunkCorrupt):  # the same chunk bad again and again: the source is broken
+            dl.bad[exc.index] = dl.bad.get(exc.index, 0) + 1
+            if dl.bad[exc.index] >= _MAX_BAD_COPIES:
+                self._fail(dl.m, f"chunk {exc.index} arrived corrupted {_MAX_BAD_COPIES} times; giving up")
 
     def _progress(self, dl: _Download, force: bool = False) -> None:
         now = time.monotonic()

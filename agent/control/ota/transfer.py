@@ -24,6 +24,7 @@ __all__ = [
     "CHUNK_MAGIC",
     "MAX_REQUEST_RANGES",
     "Bitmap",
+    "ChunkCorrupt",
     "ChunkError",
     "check_chunk",
     "encode_chunk",
@@ -40,6 +41,14 @@ _JOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class ChunkError(ValueError):
     """A chunk (or request) that is refused; the transfer goes on without it."""
+
+
+class ChunkCorrupt(ChunkError):
+    """A chunk whose bytes do not match the signed hash (corrupted in transit or at the source)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"chunk {index} sha256 mismatch (corrupted in transit)")
+        self.index = index
 
 
 def encode_chunk(index: int, count: int, data: bytes) -> bytes:
@@ -68,7 +77,7 @@ def check_chunk(m: Manifest, index: int, count: int, data: bytes) -> None:
     if len(data) != m.chunk_len(index):
         raise ChunkError(f"chunk {index} has {len(data)} bytes, expected {m.chunk_len(index)}")
     if hashlib.sha256(data).hexdigest() != m.chunk_sha256[index]:
-        raise ChunkError(f"chunk {index} sha256 mismatch (corrupted in transit)")
+        raise ChunkCorrupt(index)
 
 
 class Bitmap:
