@@ -388,3 +388,37 @@ def test_qos2_delivers_exactly_once_on_a_stable_connection(broker: Broker,
     finally:
         pub.stop(3)
         col.close()
+
+
+def test_concurrent_producers_account_for_every_message(tmp_path: Path, stop_event: threading.Event) -> None:
+    b = Broker(tmp_path, extra="max_queued_messages 0\nuser root\n").start()
+    col = Collector(b, "digit-agent/dev1/result")
+    pub = Publisher(make_cfg(b.host, b.port, outbox_max=300), stop_event)
+    pub.start()
+    per, producers = 2000, 4
+    try:
+        assert pub.wait_connected(10)
+
+        def produce(k: int) -> None:
+            for i in range(per):
+                pub.publish("result", b'{"seq":%d}' % (k * per + i), qos=1)
+
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert pub.flush(60)
+        s = pub.stats()
+        assert s["produced"] == per * producers == int(s["sent"] or 0) + int(s["dropped"] or 0)
+        assert col.wait_for(lambda c: len(c.messages) >= int(s["sent"] or 0), 30)
+        got = _seqs(col)
+        assert len(got) == len(set(got)) == s["sent"]  # no duplicates without a reconnect
+        for k in range(producers):  # each producer's messages stay in its order
+            mine = [x for x in got if k * per <= x < (k + 1) * per]
+            assert mine == sorted(mine)
+        print(f"concurrent: {s}")
+    finally:
+        pub.stop(3)
+        col.close()
+        b.stop()
