@@ -33,7 +33,7 @@ from agent.inference.model import read_card
 from tools.fleet.common import add_broker_args, connection
 from tools.fleet.plan import RolloutState, make_stages
 from tools.ota.package import PackageSpec, build_manifest, load_private_key, sign
-from tools.ota.push import Pusher, read_manifest
+from tools.ota.push import Pusher, connect, read_manifest
 
 __all__ = ["add_args", "package", "run"]
 
@@ -109,10 +109,26 @@ def _load_or_plan(args: argparse.Namespace, model: bytes) -> tuple[RolloutState,
 
 
 class _Runner:
+    """Sends stages through the pusher and follows ``ota/status`` on its own connection: retained
+    statuses included (the pusher skips them), which is what tells a resumed run what happened."""
+
     def __init__(self, args: argparse.Namespace, state: RolloutState, pusher: Pusher) -> None:
         self.args, self.state, self.pusher = args, state, pusher
         self.events: queue.Queue[_Event] = queue.Queue()
-        pusher.on_status = lambda dev, doc: self.events.put((dev, doc))  # paho thread: hand off only
+        self.watch, _ = connect(connection(args, "watch"), self._on_status, [f"{args.prefix}/+/ota/status"])
+
+    def _on_status(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """paho's thread: parse and hand off only."""
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(doc, dict):
+            self.events.put((topic.split("/")[-3], doc))
+
+    def close(self) -> None:
+        self.watch.loop_stop()
+        self.watch.disconnect()
 
     def save(self) -> None:
         atomic_write(Path(self.args.state), self.state.to_json())
@@ -154,10 +170,6 @@ class _Runner:
 
     def drain(self) -> None:
         """Apply the status messages that arrived so far (retained ones after a resume)."""
-        with self.pusher.watch.lock:  # those that came before on_status was set
-            early = dict(self.pusher.watch.docs)
-        for dev, doc in early.items():
-            self.state.record(dev, doc)
         while True:
             try:
                 dev, doc = self.events.get(timeout=1.0)
@@ -186,6 +198,7 @@ def _rollback(args: argparse.Namespace, state: RolloutState) -> None:
         runner.save = lambda: None  # type: ignore[method-assign]  # the outer state records the result
         runner.send_stage()
         runner.wait_stage(args.timeout)
+        runner.close()
     finally:
         pusher.close()
     state.rollback = {"job": job, "version": version, "devices": devices, "outcome": dict(rb.outcome)}
@@ -207,6 +220,7 @@ def _execute(args: argparse.Namespace, state: RolloutState, envelope: bytes, mod
             state.stage += 1
             runner.save()
     finally:
+        runner.close()
         pusher.close()
     if state.result == "aborted":
         _log.error("rollout aborted: %s", state.abort_reason)

@@ -41,7 +41,7 @@ class _Feed:
         self.view = FleetView(prefix)
         self.lock = threading.Lock()
 
-    def on_message(self, topic: str, payload: bytes) -> None:
+    def on_message(self, topic: str, payload: bytes, retained: bool = False) -> None:
         with self.lock:
             self.view.handle(topic, payload, time.monotonic())
 
