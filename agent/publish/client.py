@@ -93,8 +93,11 @@ class Publisher:
     # -- hot path ------------------------------------------------------------------------------
     def publish(self, suffix: str, payload: bytes, qos: int, retain: bool = False) -> None:
         """Queue one message; never blocks, never raises (bad topic/QoS: logged and counted)."""
-        topic = self._topics.get(suffix)
-        if topic is None or qos not in _QOS:
+        try:
+            topic = self._topics.get(suffix) if qos in _QOS else None
+        except TypeError:  # unhashable suffix or QoS: reported by _checked_topic
+            topic = None
+        if topic is None:
             topic = self._checked_topic(suffix, qos)
             if topic is None:
                 return

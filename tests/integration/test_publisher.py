@@ -119,8 +119,10 @@ def test_absolute_topics_and_invalid_publishes_are_rejected_not_raised(broker: B
         pub.publish("/elsewhere/x", b"abs", qos=1, retain=False)
         pub.publish("bad/+/topic", b"x", qos=1)
         pub.publish("result", b"x", qos=3)
+        pub.publish(["not", "a", "topic"], b"x", qos=1)  # type: ignore[arg-type]
+        pub.publish("result", b"x", qos=[1])  # type: ignore[arg-type]
         assert col.wait_for(lambda c: len(c.on("elsewhere/x")) == 1, 10)
-        assert pub.stats()["rejected"] == 2 and pub.stats()["produced"] == 1
+        assert pub.stats()["rejected"] == 4 and pub.stats()["produced"] == 1
     finally:
         pub.stop(3)
         col.close()
