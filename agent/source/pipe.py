@@ -148,18 +148,16 @@ class PipeSource:
         self._slots = [ring.pixels[i, :self.height].data.cast("B") for i in range(ring.slots)]
 
     def _open(self) -> Optional[int]:
-        if self.path == "-":
-            # Our own descriptor, left blocking: O_NONBLOCK would also change the caller's stdin
-            # (a dup shares it), so reads on stdin are preceded by a poll instead.
-            fd = os.dup(0)
-        else:
-            try:
-                # O_NONBLOCK: opening a FIFO with no writer must not block (stop would go unnoticed).
-                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError as exc:
-                self.open_failures += 1
-                self._went_down(f"cannot open {self.path}: {exc.strerror or exc}")
-                return None
+        # stdin: our own descriptor, left blocking, since O_NONBLOCK would also change the caller's
+        # stdin (a dup shares it): reads on it are preceded by a poll instead. A FIFO: O_NONBLOCK, so
+        # the open does not block until a writer comes (stop would go unnoticed).
+        try:
+            fd = os.dup(0) if self.path == "-" else os.open(
+                self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            self.open_failures += 1
+            self._went_down(f"cannot open {self.path}: {exc.strerror or exc}")
+            return None
         self.opens += 1
         self.reopens = self.opens - 1
         self._grow_pipe(fd)
