@@ -148,3 +148,38 @@ def test_producer_killed_mid_frame_and_restarted(tmp_path: Path, broker: Broker)
     results = [m.json() for m in sub.on("/result")]
     assert sorted(r["frame_seq"] for r in results) == list(range(n1 + n2))  # frame numbers run on
     assert f"{partial} of {FRAME} bytes" in agent.output()
+
+
+def test_stdin_pipeline_and_eof_keeps_the_daemon_serving(tmp_path: Path, broker: Broker) -> None:
+    """``canvas_stream | digit-agent run --set source.path=-``: EOF on stdin = down, not exit."""
+    p, count = _paths(), 50
+    cfg = write_config(
+        tmp_path / "c.toml", broker,
+        source={"type": "pipe", "path": "-", "width": W, "height": H, "pixel_format": "yuv420",
+                "roi": list(ROI), "ring_slots": 64},
+        inference={"model": str(p["model"]), "golden": str(p["golden"]), "deadline_ms": 500.0},
+        health={"interval_s": 0.2})
+    sub = Collector(broker, "digit-agent/dev1/#")
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "tools.canvas_stream", "--images", str(p["golden"]), "--count", str(count),
+         "--fps", "50", "--format", "yuv420", "--out", "-"], cwd=REPO, stdout=subprocess.PIPE)
+    log = (tmp_path / "agent.log").open("wb")
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], cwd=REPO,
+                             stdin=producer.stdout, stdout=log, stderr=subprocess.STDOUT)
+    assert producer.stdout is not None
+    producer.stdout.close()  # the agent holds the read end now
+    try:
+        assert producer.wait(120) == 0
+        assert sub.wait_for(lambda c: _source(c).get("frames_ok") == count
+                            and _source(c).get("state") == "down", 120), _source(sub)
+        assert sub.wait_for(lambda c: len(c.on("/result")) >= count, 10)
+        sub.wait_for(lambda c: False, 1.0)  # a second on: still serving, stdin not reopened
+        assert agent.poll() is None
+        src = _source(sub)
+        assert (src["reopens"], src["partial_frames"], src["bytes_in"]) == (0, 0, count * FRAME * 3 // 2)
+        assert "stdin is closed for good" in str(src["last_error"])
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+        log.close()
+    assert sub.on("/status")[-1].payload == b"stopped"
