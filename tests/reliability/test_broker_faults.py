@@ -1,0 +1,177 @@
+"""Broker faults against the real daemon and real mosquitto: restarts, a long outage, refused login.
+
+CI runs short versions; ``DIGIT_AGENT_FULL=1`` (``make reliability``) runs the full sizes
+(100,000 frames with 10 restarts). Figures are printed and appended to ``$DIGIT_AGENT_FIGURES``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.broker import Broker, free_port
+from tests.helpers.daemon import AgentProcess, write_config
+from tests.reliability.kit import (
+    FULL,
+    DurableSubscriber,
+    NotifyListener,
+    models,
+    persistent_broker,
+    record_figures,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+_STOPPED = re.compile(r"stopped after (\d+) results")
+
+
+@pytest.fixture
+def pbroker(tmp_path: Path) -> Iterator[Broker]:
+    b = persistent_broker(tmp_path)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def _config(tmp_path: Path, broker: Broker, frames: int, rate_hz: float, **mqtt: Any) -> Path:
+    model, golden, _ = models(tmp_path)
+    return write_config(tmp_path / "agent.toml", broker,
+                        source={"path": str(golden), "rate_hz": rate_hz, "limit": frames, "ring_slots": 256},
+                        inference={"model": str(model), "golden": str(golden), "deadline_ms": 200.0},
+                        mqtt={"qos": 1, **mqtt}, health={"interval_s": 0.25},
+                        ota={"enabled": False, "state_dir": str(tmp_path / "state"),
+                             "trusted_keys": str(tmp_path / "keys")},
+                        homeassistant={"discovery": False})
+
+
+def _finish(agent: AgentProcess, timeout: float) -> int:
+    rc = agent.wait(timeout)
+    out = agent.output()
+    assert rc == 0, out[-3000:]
+    m = _STOPPED.search(out)
+    assert m, out[-3000:]
+    return int(m.group(1))
+
+
+def _final_health(sub: DurableSubscriber) -> dict[str, Any]:
+    docs = [json.loads(p) for p in sub.on("/health")]
+    assert docs, "no health message arrived"
+    return max(docs, key=lambda d: d["uptime_s"])
+
+
+def _await_final_health(sub: DurableSubscriber, produced: int) -> dict[str, Any]:
+    """The shutdown health message, once the daemon has exited and the subscriber has everything
+    the broker queued for it (the count stops changing)."""
+    def final() -> bool:
+        return any(json.loads(p)["frames"]["ok"] == produced for p in sub.on("/health"))
+    assert sub.wait(final, timeout=120), "the final health message never arrived"
+    last = -1
+    while (now := sum(len(ps) for ps in sub.payloads.values())) != last:
+        last = now
+        time.sleep(1.0)
+    return _final_health(sub)
+
+
+def test_no_result_lost_across_broker_restarts(tmp_path: Path, pbroker: Broker) -> None:
+    frames, restarts = (100_000, 10) if FULL else (20_000, 4)
+    sub = DurableSubscriber(pbroker, "digit-agent/dev1/#")
+    agent = AgentProcess(_config(tmp_path, pbroker, frames, rate_hz=1000.0))
+    try:
+        for k in range(1, restarts + 1):
+            target = frames * k // (restarts + 1)
+            assert sub.wait(lambda: sub.count("/result") >= target, timeout=600), agent.output()[-3000:]  # noqa: B023
+            pbroker.restart(down_s=0.5)
+        produced = _finish(agent, timeout=900)
+    finally:
+        agent.stop()
+    assert produced > 0
+    assert sub.wait(lambda: len(set(sub.result_seqs())) >= produced, timeout=120)
+    seqs = sub.result_seqs()
+    distinct = set(seqs)
+    lost = set(range(1, produced + 1)) - distinct
+    health = _final_health(sub)
+    record_figures("broker_restarts", {
+        "frames": frames, "restarts": restarts, "results_produced": produced, "results_received": len(seqs),
+        "distinct": len(distinct), "duplicates": len(seqs) - len(distinct), "lost": len(lost),
+        "mqtt_reconnects": health["mqtt"]["reconnects"], "mqtt_dropped": health["mqtt"]["dropped"],
+        "frames_dropped_in_ring": health["frames"]["dropped"]})
+    assert not lost, f"{len(lost)} results lost, e.g. {sorted(lost)[:10]}"
+    assert distinct <= set(range(1, produced + 1))
+    assert health["mqtt"]["dropped"] == 0
+    assert health["mqtt"]["reconnects"] >= restarts
+
+
+def test_outage_longer_than_outbox_drops_oldest_and_counts_exactly(tmp_path: Path, pbroker: Broker) -> None:
+    outbox, frames = 300, 4000
+    sub = DurableSubscriber(pbroker, "digit-agent/dev1/#")
+    notify = NotifyListener(tmp_path / "notify.sock")
+    agent = AgentProcess(_config(tmp_path, pbroker, frames, rate_hz=400.0, outbox_max=outbox), env=notify.env)
+    try:
+        assert sub.wait(lambda: sub.count("/result") >= 200, timeout=300), agent.output()[-3000:]
+        pbroker.stop()
+        at_stop = notify.inferences()
+        # Deterministic overflow: keep the broker away until the daemon has made 3x the outbox.
+        assert sub.wait(lambda: notify.inferences() >= at_stop + 3 * outbox, timeout=300), notify.last()
+        pbroker.start()
+        produced = _finish(agent, timeout=600)
+    finally:
+        agent.stop()
+        notify.close()
+    health = _await_final_health(sub, produced)
+    distinct = set(sub.result_seqs())
+    missing = sorted(set(range(1, produced + 1)) - distinct)
+    # Everything that went through the outbox (all but the status the session publishes itself),
+    # re-sent duplicates (same seq / same health sample) counted once.
+    delivered = sum(len(set(ps)) if t.endswith(("/result", "/health")) else len(ps)
+                    for t, ps in sub.payloads.items() if not t.endswith("/dev1/status"))
+    pushed = health["mqtt"]["produced"] + 1  # + the final health message itself
+    max_queued = max(json.loads(p)["mqtt"]["queued"] for p in sub.on("/health"))
+    rss = [json.loads(p)["rss_bytes"] for p in sub.on("/health")]
+    record_figures("outage_outbox_overflow", {
+        "outbox_max": outbox, "results_produced": produced, "results_lost": len(missing),
+        "messages_pushed": pushed, "messages_delivered": delivered, "mqtt_dropped": health["mqtt"]["dropped"],
+        "topics": {t: [len(ps), len(set(ps))] for t, ps in sub.payloads.items()},
+        "final_mqtt": health["mqtt"], "max_queued_seen": max_queued, "rss_min": min(rss), "rss_max": max(rss)})
+    assert missing, "the outage did not overflow the outbox: nothing to check"
+    assert missing == list(range(missing[0], missing[-1] + 1)), "lost results are not one block"
+    assert missing[-1] < max(distinct), "the newest results were lost instead of the oldest"
+    assert health["mqtt"]["dropped"] == pushed - delivered, "drop counter is not exact"
+    assert max_queued <= outbox
+    assert "undelivered" not in agent.output()
+
+
+def test_refused_login_keeps_inferring_and_reports_it(tmp_path: Path) -> None:
+    pw = tmp_path / "passwd"
+    pw.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(pw), "dev1", "right-password"], check=True, timeout=30)
+    port = free_port()
+    broker = Broker(tmp_path, port, extra=f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\n"
+                    + ("user root\n" if os.geteuid() == 0 else "")).start()
+    (tmp_path / "mqtt.password").write_text("wrong-password\n")
+    notify = NotifyListener(tmp_path / "notify.sock")
+    cfg = _config(tmp_path, broker, 0, rate_hz=200.0, username="dev1",
+                  password_file=str(tmp_path / "mqtt.password"))
+    agent = AgentProcess(cfg, env=notify.env)
+    try:
+        assert agent.wait_log("check mqtt.username and mqtt.password_file", timeout=120), agent.output()[-3000:]
+        first = notify.inferences()
+        assert "mqtt disconnected" in notify.last()
+        assert wait_until(lambda: notify.inferences() >= first + 200, timeout=300)
+    finally:
+        agent.stop()
+        notify.close()
+        broker.stop()
+    out = agent.output()
+    assert "MQTT connected" not in out
+    record_figures("refused_login", {"inferences_while_refused": notify.inferences() - first,
+                                     "refusal_logged": out.count("refused")})
