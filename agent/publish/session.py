@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import paho.mqtt.client as mqtt
 
+from agent.backoff import Backoff
 from agent.config.schema import Config
 from agent.publish.auth import Credentials
 from agent.publish.dispatch import Dispatcher
@@ -27,7 +28,6 @@ from agent.publish.inflight import Inflight
 from agent.publish.outbox import Outbox
 from agent.publish.pahoclient import PahoLog, close_client, guarded, new_client
 from agent.publish.payloads import STATUS_ONLINE, STATUS_STOPPED
-from agent.source.base import Backoff
 
 __all__ = ["Session"]
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import random
 import threading
 from typing import Protocol, Union
 
+from agent.backoff import Backoff
 from agent.ring import FrameRing
 
-__all__ = ["Backoff", "FrameSource", "StatValue"]
+__all__ = ["Backoff", "FrameSource", "StatValue"]  # Backoff re-exported for sources
 
 StatValue = Union[int, float, str, None]
 
@@ -26,19 +26,3 @@ class FrameSource(Protocol):
     def run(self, ring: FrameRing, stop: threading.Event) -> None: ...
 
     def stats(self) -> dict[str, StatValue]: ...
-
-
-class Backoff:
-    """Exponential backoff with jitter between ``lo`` and ``hi`` seconds; ``reset()`` on success."""
-
-    def __init__(self, lo: float, hi: float) -> None:
-        self.lo, self.hi = lo, hi
-        self._next = lo
-
-    def next_delay(self) -> float:
-        delay = self._next
-        self._next = min(self.hi, self._next * 2)
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self._next = self.lo

@@ -44,7 +44,10 @@ class Broker:
     def _write_conf(self) -> None:
         body = self.extra if "listener" in self.extra else (
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{self.extra}")
-        self.conf.write_text(f"persistence false\nlog_dest file {self.log}\nlog_type all\n{body}\n")
+        # As root, mosquitto would drop to its own user and could not write the log into pytest's
+        # 0700 tmp dir; its default queue of 1000 would silently drop for a slow QoS 1 subscriber.
+        self.conf.write_text(f"persistence false\nuser root\nmax_queued_messages 1000000\n"
+                             f"log_dest file {self.log}\nlog_type all\n{body}\n")
 
     def start(self) -> Broker:
         self._write_conf()
