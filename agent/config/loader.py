@@ -153,6 +153,7 @@ def _build(cls: type, raw: Any, keypath: tuple[str, ...], ctx: _Ctx, top: bool =
 
 
 _INVALID = object()
+_MAX_PREPROCESS_SIDE = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -242,6 +243,10 @@ def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
     if s.type == "pipe":
         if s.pixel_format == "yuv420" and (s.width % 2 or s.height % 2):
             ctx.error(("source", "width"), "yuv420 needs an even width and height")
+        side = max(s.roi[2:]) if s.roi else max(s.width, s.height)
+        if side > _MAX_PREPROCESS_SIDE:
+            ctx.error(("source", "roi"), f"the digit region is {side} px on a side; set a roi of at most "
+                      f"{_MAX_PREPROCESS_SIDE} px around the digit (preprocessing cost grows with its size)")
         if s.roi:
             x, y, w, h = s.roi
             if w < 1 or h < 1 or x < 0 or y < 0 or x + w > s.width or y + h > s.height:

@@ -51,6 +51,7 @@ def test_out_of_range_port_names_the_bound() -> None:
     ("[mqtt]\nreconnect_min_s = 10.0\nreconnect_max_s = 1.0\n", "reconnect_min_s"),
     ("[source]\ntype = 'pipe'\nwidth = 100\nheight = 100\nroi = [90, 90, 20, 20]\n", "does not fit"),
     ("mqtt = 3\n", "expected a table"),
+    ("[source]\ntype = 'pipe'\nwidth = 640\nheight = 480\n", "set a roi"),
     ("[mqtt\n", "invalid TOML"),
 ])
 def test_each_problem_is_reported(text: str, needle: str) -> None:
