@@ -52,8 +52,6 @@ def persistent_broker(workdir: Path) -> Broker:
     store.mkdir(exist_ok=True)
     extra = (f"persistence true\npersistence_location {store}/\nmax_queued_messages 0\n"
              "max_inflight_messages 0\nautosave_interval 3600\n")
-    if os.geteuid() == 0:
-        extra += "user root\n"  # as user "mosquitto" it could not write the store in pytest's 0700 dirs
     return Broker(workdir, extra=extra).start()
 
 

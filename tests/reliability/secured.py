@@ -6,7 +6,6 @@ line are rewritten for the test, so a change to the shipped files is what the te
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
 import threading
@@ -63,9 +62,6 @@ def secured_broker(workdir: Path, pki: Pki) -> Broker:
     port = free_port()
     assert "listener 8883\n" in conf and _INSTALL_DIR in conf
     conf = conf.replace(_INSTALL_DIR, str(pki.dir)).replace("listener 8883\n", f"listener {port} 127.0.0.1\n")
-    if os.geteuid() == 0:
-        # Root would drop to user "mosquitto", which cannot read pytest's private (0700) tmp dirs.
-        conf = "user root\n" + conf
     return Broker(workdir, port=port, extra=conf).start()
 
 

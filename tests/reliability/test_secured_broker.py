@@ -6,12 +6,15 @@ refused everything, or a test that could not observe delivery, would fail.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.broker import Broker
+from tests.helpers.daemon import AgentProcess, write_config
+from tests.reliability.kit import models
 from tests.reliability.secured import Pki, TlsClient, make_pki, secured_broker
 
 pytestmark = pytest.mark.integration
@@ -132,3 +135,33 @@ def test_home_assistant_discovery_only_under_own_node_id(sbroker: Broker, pki: P
     assert dev1.publish("homeassistant/sensor/dev2/digit/config", b"{}") == _NOT_AUTHORIZED
     assert mon.wait_received("homeassistant/sensor/dev1/digit/config") == [b"{}"]
     assert mon.received("homeassistant/sensor/dev2/digit/config") == []
+
+
+def test_daemon_over_tls_with_client_certificate(tmp_path: Path, sbroker: Broker, pki: Pki,
+                                                 clients: list[TlsClient]) -> None:
+    """The real daemon on the secured broker: TLS + client certificate + password file, results,
+    health, status and Home Assistant discovery all inside what the ACL grants device dev1."""
+    mon = _ok(clients, sbroker, pki, "monitor")
+    mon.subscribe("digit-agent/dev1/#")
+    mon.subscribe("homeassistant/#")
+    model, golden, _ = models(tmp_path)
+    cfg = write_config(
+        tmp_path / "agent.toml", sbroker,
+        mqtt={"tls_ca": str(pki.ca), "tls_cert": str(pki.cert("dev1")), "tls_key": str(pki.key("dev1")),
+              "username": "dev1", "password_file": str(pki.password_file("dev1"))},
+        source={"path": str(golden), "rate_hz": 100.0, "limit": 300},
+        inference={"model": str(model), "golden": str(golden)}, health={"interval_s": 0.5})
+    agent = AgentProcess(cfg)
+    try:
+        assert agent.wait(120) == 0, agent.output()[-3000:]
+    finally:
+        agent.stop()
+    out = agent.output()
+    assert "MQTT connected" in out and "WARNING agent.publish" not in out, out[-3000:]
+    results = mon.wait_received("digit-agent/dev1/result", n=300, timeout=30)
+    assert len({json.loads(p)["seq"] for p in results}) == 300
+    assert mon.wait_received("digit-agent/dev1/health")
+    assert mon.wait_received("digit-agent/dev1/status")[-1] == b"stopped"
+    # Discovery (when the daemon publishes it) must stay under node id dev1, where the ACL allows it.
+    discovery = [t for t, _ in mon.r.messages if t.startswith("homeassistant/")]
+    assert all(t.split("/")[2] == "dev1" for t in discovery), discovery
