@@ -13,7 +13,7 @@ from typing import Any
 
 from tools.fuzz._harness import Provider, atheris, fuzz
 
-with atheris.instrument_imports(include=["agent", "tools.fuzz"]):
+with atheris.instrument_imports(include=["agent"]):
     from agent.source.codec import cobs_decode, cobs_encode
     from tools.fuzz.codec_model import RandomDraw, Violation, check_corrupted, check_raw
 
