@@ -17,6 +17,7 @@ from agent.control.ota.manifest import Limits, ManifestError, open_envelope, par
 from tests.helpers.ota import model_bytes, write_pub
 from tools.ota.package import PackageSpec, build_manifest, sign
 
+_FUZZ_KEY = Ed25519PrivateKey.generate()
 LIMITS = Limits(max_model_bytes=4 << 20, max_chunks=4096, max_chunk_bytes=64 << 10, family="digit-28x28")
 NOW = 1_800_000_000
 MODEL = model_bytes("good", tag=1)
@@ -167,7 +168,7 @@ def test_rotation_file_adds_and_revokes(tmp_path: Path, key: Ed25519PrivateKey) 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600))
 def test_fuzz_envelope_bytes_never_crash(data: bytes) -> None:
-    ring = KeyRing.of(Ed25519PrivateKey.generate().public_key())
+    ring = KeyRing.of(_FUZZ_KEY.public_key())
     with contextlib.suppress(ManifestError):
         open_envelope(data, ring, LIMITS, NOW)
 
@@ -183,7 +184,7 @@ _JSONISH = st.recursive(
                        _JSONISH, max_size=13))
 def test_fuzz_signed_manifest_structures(doc: dict[str, object]) -> None:
     """Signed by a trusted key yet arbitrary: only ManifestError may come out."""
-    k = Ed25519PrivateKey.generate()
+    k = _FUZZ_KEY
     with contextlib.suppress(ManifestError):
         open_envelope(sign(json.dumps(doc).encode(), [k]), KeyRing.of(k.public_key()), LIMITS, NOW)
 
@@ -196,7 +197,7 @@ _VALID_DOC = json.loads(build_manifest(MODEL, PackageSpec(job="j", version=2, cr
        _JSONISH)
 def test_fuzz_one_field_of_a_valid_manifest(key: str, sub: str | None, value: object) -> None:
     """A valid manifest with one (possibly nested) field replaced by arbitrary JSON."""
-    k = Ed25519PrivateKey.generate()
+    k = _FUZZ_KEY
     doc = json.loads(json.dumps(_VALID_DOC))
     doc["keyid"] = _kid(k)
     if sub and isinstance(doc[sub], dict):
