@@ -42,6 +42,7 @@ def test_announce_rebirth_and_broker_restart(broker: Broker, stop: threading.Eve
     disc = Discovery(cfg, pub, stop)
     disc.start()
     try:
+        assert pub.wait_connected(10) and pub.flush(10)  # delivered before we look: must come back retained
         col = Collector(broker, "homeassistant/#")
         assert col.wait_for(lambda c: set(_configs(c)) == expected, 15), _configs(col)
         assert all(m.retain for m in col.on("/config"))  # they were retained before we subscribed
