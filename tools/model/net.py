@@ -21,13 +21,14 @@ ARCHS: dict[str, Sequence[tuple[int, int] | str]] = {
     "t8": [(8, 3), (16, 3), "M", (8, 1), (16, 3), (16, 3), (16, 3)],
     "t12": [(8, 3), (16, 3), "M", (16, 3), (24, 3), (24, 3)],
     "t13": [(8, 3), (16, 3), "M", (16, 1), (16, 3), (24, 3), (32, 3)],
+    "t12w": [(8, 3), (16, 3), "M", (16, 3), (24, 3), (28, 3)],
 }
 
 
 class DigitNet(nn.Module):
     """Conv-BN-ReLU stack -> GAP -> 1x1 conv classifier; returns logits (N, 10)."""
 
-    def __init__(self, arch: str = "t12", dropout: float = 0.05) -> None:
+    def __init__(self, arch: str = "t12", dropout: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,10 @@ class TrainConfig:
     lr: float = 4e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
-    synth_fraction: float = 0.25  # share of each batch rebuilt as raw frames -> Preprocessor
+    synth_fraction: float = 0.2  # share of each batch rebuilt as raw frames -> Preprocessor
+    aug_p: float = 0.6  # share of the remaining samples given geometric/stroke augmentation
+    dropout: float = 0.0
+    ema: float = 0.999  # weight EMA decay (0 disables); the EMA model is the one exported
     synth_side: int = 40
     seed: int = 1
     val_size: int = 5000
@@ -86,7 +90,7 @@ def predict(model: torch.nn.Module, x_norm: torch.Tensor, batch: int = 2000) -> 
 
 
 def _batch(split: Split, idx: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, pre: Preprocessor) -> torch.Tensor:
-    x = normalise(augment_canonical(split.x_train[idx], gen))
+    x = normalise(augment_canonical(split.x_train[idx], gen, cfg.aug_p))
     k = round(cfg.synth_fraction * len(idx))
     if k:
         raw = torch.from_numpy(split.raw_train[idx[:k].numpy()]).float().div_(255).unsqueeze(1)
@@ -94,17 +98,39 @@ def _batch(split: Split, idx: torch.Tensor, cfg: TrainConfig, gen: torch.Generat
     return x
 
 
+class _Ema:
+    """Exponential moving average of weights and BN statistics (smoother than the last iterate).
+
+    The decay ramps up as (1 + n) / (10 + n) so short runs are not dominated by the initial weights.
+    """
+
+    def __init__(self, model: DigitNet, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: DigitNet) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, cur in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur, 1.0 - d)
+            else:
+                avg.copy_(cur)
+
+
 def _epoch(
     model: DigitNet,
     split: Split,
     cfg: TrainConfig,
-    parts: tuple[torch.optim.Optimizer, Any, torch.Generator],
+    parts: tuple[torch.optim.Optimizer, Any, torch.Generator, _Ema | None],
     pre: Preprocessor,
     budget: int,
     bar: Any,
 ) -> tuple[float, float, int]:
     """One pass over the shuffled training split; returns (mean loss, train accuracy, steps run)."""
-    opt, sched, gen = parts
+    opt, sched, gen, ema = parts
     model.train()
     perm = torch.randperm(len(split.x_train), generator=gen)
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
@@ -117,6 +143,8 @@ def _epoch(
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update(model)
         loss_sum += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
@@ -125,31 +153,37 @@ def _epoch(
     return loss_sum / max(seen, 1), correct / max(seen, 1), steps
 
 
+def _final(model: DigitNet, ema: _Ema | None) -> DigitNet:
+    return model if ema is None else ema.module
+
+
 def train(split: Split, cfg: TrainConfig) -> TrainResult:
     """Train with AdamW + one-cycle LR; per-epoch validation accuracy logged (choices are made on it)."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = DigitNet(cfg.arch)
+    model = DigitNet(cfg.arch, dropout=cfg.dropout)
     steps_per_epoch = len(split.x_train) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps > 0:
         total = min(total, cfg.max_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
+    ema = _Ema(model, cfg.ema) if cfg.ema > 0 else None
     result = TrainResult(model=model)
     pre = Preprocessor(max_side=cfg.synth_side)
     x_val = normalise(split.x_val)
     t0, step = time.monotonic(), 0
     with tqdm(total=total, desc=f"train {cfg.arch}", unit="step", leave=False) as bar:
         for epoch in range(1, cfg.epochs + 1):
-            loss, acc, steps = _epoch(model, split, cfg, (opt, sched, gen), pre, total - step, bar)
+            loss, acc, steps = _epoch(model, split, cfg, (opt, sched, gen, ema), pre, total - step, bar)
             step += steps
-            val_acc = float((predict(model, x_val) == split.y_val).float().mean())
+            val_acc = float((predict(_final(model, ema), x_val) == split.y_val).float().mean())
             result.history.append({"epoch": epoch, "loss": loss, "train_acc": acc, "val_acc": val_acc})
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_acc:.4f}")
             log.info("epoch %d loss %.4f train %.4f val %.4f", epoch, loss, acc, val_acc)
             if step >= total:
                 break
+    result.model = _final(model, ema)
     result.minutes = (time.monotonic() - t0) / 60
     return result
