@@ -178,7 +178,7 @@ _JSONISH = st.recursive(
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4), max_leaves=20)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(st.sampled_from(["format", "job", "version", "family", "requires", "file", "chunks",
                                         "gate", "created", "expires", "keyid", "card", "keys_add"]),
                        _JSONISH, max_size=13))
