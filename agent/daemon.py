@@ -8,6 +8,7 @@ dispatch threads; the OTA worker; ``sd-watchdog`` pings systemd while the others
 from __future__ import annotations
 
 import logging
+import platform
 import signal
 import threading
 import time
@@ -23,6 +24,7 @@ from agent.inference.model import read_card
 from agent.pipeline import InferenceLoop
 from agent.preprocess import Preprocessor
 from agent.publish import Publisher
+from agent.publish.discovery import Discovery
 from agent.publish.payloads import encode_health
 from agent.ring import FrameRing
 from agent.service import Liveness, Notifier, WatchdogPinger
@@ -94,6 +96,7 @@ class Daemon:
         self.loop = InferenceLoop(self.ring, self.engine, self.pre, self.publisher.publish, cfg.mqtt.qos,
                                   min(cfg.inference.batch_max, model.batch_max), self.stop, self.liveness.beat)
         self.ota = OtaController(cfg, self.publisher, self.engine, self.stop)
+        self.discovery = Discovery(cfg, self.publisher, self.stop, hw_version=platform.machine())
         self.health = HealthSampler(cfg.health.thermal_zone, {
             "frames": self._frame_counters, "inference": self._inference_stats,
             "source": self.source.stats, "mqtt": self.publisher.stats, "model": self._model_info,
@@ -119,6 +122,7 @@ class Daemon:
         self._install_signals()
         self._build()
         self.publisher.start()
+        self.discovery.start()
         self._spawn("watchdog", self.engine.watchdog)
         self._spawn("source", self._run_source)
         self._spawn("health", self._run_health)
@@ -168,6 +172,7 @@ class Daemon:
             t.join(timeout=2.0)
         self.ota.stop()
         self.publish_health()
+        self.discovery.stop()
         self.publisher.stop(timeout=5.0)
         log.info("stopped after %d results", self.loop.seq)
         return 0
