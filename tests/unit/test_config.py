@@ -107,3 +107,17 @@ def test_version_and_help() -> None:
     for cmd in ("run", "check-config", "selftest"):
         r = _cli(cmd, "--help")
         assert r.returncode == 0 and "--config" in r.stdout
+
+
+def test_reference_config_documents_every_key() -> None:
+    """config.toml is the reference: every schema key must stand in it, with a value."""
+    import dataclasses
+
+    from agent.config.loader import _KeyLines
+    from agent.config.schema import Config
+
+    lines = _KeyLines((REPO / "config.toml").read_text())
+    missing = [f"{sec.name}.{f.name}" for sec in dataclasses.fields(Config) if not sec.metadata.get("internal")
+               for f in dataclasses.fields(sec.default_factory())  # type: ignore[misc]
+               if lines.find((sec.name, f.name)) in (None, lines.find((sec.name,)))]
+    assert not missing, f"config.toml lacks {missing}"
