@@ -1,0 +1,288 @@
+"""Soak test: the full daemon on replay at a high rate for many frames, sampled with psutil.
+
+    python -m tools.soak --frames 1000000                 # the release soak (bench/results/soak-<date>.*)
+    python -m tools.soak --frames 100000 --interval 1     # the CI-sized one
+
+It starts its own mosquitto on a free loopback port (or uses ``--broker host:port``), a QoS 0
+subscriber that counts results and keeps the last health message, and ``python -m agent run`` with
+a replay source. Every ``--interval`` seconds it records the daemon's RSS, open fds, threads and
+CPU time. Written: ``soak-<date>.csv`` (samples), ``.json`` (summary, verdict), ``.png`` (plot).
+
+Samples taken after the replay ended (the daemon shutting down) are plotted but not judged.
+Pass: RSS drift <= ``--max-drift-mb`` (mean of the last tenth of the samples after warm-up minus
+the mean of the first tenth), fds and threads constant after warm-up, 0 deadline misses at the
+configured deadline, daemon exit code 0. Exit status 0 = pass, 1 = fail, 2 = could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+__all__ = ["Sample", "main", "summarise"]
+
+REPO = Path(__file__).resolve().parents[1]
+Sample = dict[str, float]
+_FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu_s", "results", "stopping")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = _free_port()
+    conf = work / "mosquitto.conf"
+    user = "user root\n" if os.geteuid() == 0 else ""  # as "mosquitto" it could not write the log here
+    conf.write_text(f"persistence false\n{user}log_dest file {work / 'mosquitto.log'}\n"
+                    f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("mosquitto did not start")
+
+
+class _Counter:
+    """Counts results and keeps the newest health document (QoS 0: cheap, never back-pressures)."""
+
+    def __init__(self, host: str, port: int, prefix: str) -> None:
+        self.results = 0
+        self.health: Optional[dict[str, Any]] = None
+        self._lock = threading.Lock()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="soak-counter")
+        self.c.on_connect = lambda c, *_: c.subscribe([(f"{prefix}/result", 0), (f"{prefix}/health", 0)])
+        self.c.on_message = self._on_message
+        self.c.connect(host, port, keepalive=30)
+        self.c.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/result"):
+            self.results += 1  # only this thread writes it
+            return
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self._lock:
+            if self.health is None or doc.get("uptime_s", 0) >= self.health.get("uptime_s", 0):
+                self.health = doc
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def _write_config(path: Path, args: argparse.Namespace, port: int) -> None:
+    host, _, bport = (args.broker or f"127.0.0.1:{port}").partition(":")
+    path.write_text(f"""[device]
+id = "{args.device}"
+[mqtt]
+host = "{host}"
+port = {int(bport)}
+qos = {args.qos}
+[source]
+type = "replay"
+path = "{args.golden}"
+rate_hz = {args.rate}
+limit = {args.frames}
+loop = true
+[inference]
+model = "{args.model}"
+golden = "{args.golden}"
+deadline_ms = {args.deadline_ms}
+[health]
+interval_s = {args.interval}
+[ota]
+enabled = false
+state_dir = "{path.parent / 'state'}"
+trusted_keys = "{path.parent / 'keys'}"
+[homeassistant]
+discovery = false
+""")
+
+
+def _sample(proc: psutil.Process, t0: float, results: int) -> Optional[Sample]:
+    try:
+        with proc.oneshot():
+            cpu = proc.cpu_times()
+            return {"t_s": round(time.monotonic() - t0, 2), "rss_mb": proc.memory_info().rss / 2**20,
+                    "fds": proc.num_fds(), "threads": proc.num_threads(), "cpu_s": cpu.user + cpu.system,
+                    "results": results}
+    except psutil.Error:
+        return None  # the daemon just exited
+
+
+def summarise(samples: list[Sample], warmup_frac: float, max_drift_mb: float,
+              warmup_s: float = 0.0) -> dict[str, Any]:
+    """Drift and constancy after warm-up: the first ``warmup_frac`` of the samples or the first
+    ``warmup_s`` seconds, whichever is longer (buffers and caches settle in the first seconds)."""
+    running = [s for s in samples if not s.get("stopping")]
+    skip = max(int(len(running) * warmup_frac), sum(1 for s in running if s["t_s"] < warmup_s))
+    steady = running[skip:]
+    if len(steady) < 4:
+        return {"ok": False, "reason": f"only {len(steady)} samples after warm-up; run longer"}
+    tenth = max(1, len(steady) // 10)
+    first = sum(s["rss_mb"] for s in steady[:tenth]) / tenth
+    last = sum(s["rss_mb"] for s in steady[-tenth:]) / tenth
+    fds, threads = {s["fds"] for s in steady}, {s["threads"] for s in steady}
+    out = {"samples": len(samples), "steady_samples": len(steady), "warmup_end_s": steady[0]["t_s"],
+           "rss_start_mb": round(first, 3), "rss_end_mb": round(last, 3), "rss_drift_mb": round(last - first, 3),
+           "rss_steady_range_mb": round(max(s["rss_mb"] for s in steady) - min(s["rss_mb"] for s in steady), 3),
+           "fds": sorted(fds), "threads": sorted(threads)}
+    problems = []
+    if last - first > max_drift_mb:
+        problems.append(f"RSS drift {last - first:.2f} MB > {max_drift_mb} MB")
+    if len(fds) > 1:
+        problems.append(f"open fds vary after warm-up: {sorted(fds)}")
+    if len(threads) > 1:
+        problems.append(f"threads vary after warm-up: {sorted(threads)}")
+    out.update(ok=not problems, reason="; ".join(problems))
+    return out
+
+
+def _plot(samples: list[Sample], path: Path, title: str, warmup_t: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t_s"] for s in samples]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
+    for ax, key, label in zip(axes, ("rss_mb", "fds", "threads"), ("RSS (MiB)", "open fds", "threads")):
+        ax.plot(t, [s[key] for s in samples], lw=1)
+        ax.axvline(warmup_t, color="grey", ls="--", lw=0.8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(title)
+    axes[-1].set_xlabel("seconds (dashed: end of warm-up)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m tools.soak", description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=1_000_000, help="frames to replay (default %(default)s)")
+    ap.add_argument("--rate", type=float, default=2000.0,
+                    help="replay rate in Hz; 0 = as fast as possible (default %(default)s)")
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "digit_int8.onnx")
+    ap.add_argument("--golden", type=Path, default=REPO / "models" / "golden.npz")
+    ap.add_argument("--deadline-ms", type=float, default=5.0, help="inference deadline (default %(default)s)")
+    ap.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))
+    ap.add_argument("--interval", type=float, default=5.0, help="seconds between samples (default %(default)s)")
+    ap.add_argument("--warmup", type=float, default=0.2, help="fraction of samples that is warm-up")
+    ap.add_argument("--warmup-s", type=float, default=20.0, help="at least this many seconds of warm-up")
+    ap.add_argument("--max-drift-mb", type=float, default=1.0)
+    ap.add_argument("--broker", default="", help="host:port of an existing broker (default: start one)")
+    ap.add_argument("--device", default="soak")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--name", default="", help="file name stem (default soak-<date>)")
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    broker, port = (None, 0) if args.broker else _start_broker(work)
+    cfg = work / "soak.toml"
+    _write_config(cfg, args, port)
+    host, _, bport = (args.broker or f"127.0.0.1:{port}").partition(":")
+    counter = _Counter(host, int(bport), f"digit-agent/{args.device}")
+    log = (work / "agent.log").open("wb")
+    t0 = time.monotonic()
+    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], cwd=REPO,
+                             stdout=log, stderr=subprocess.STDOUT)
+    samples: list[Sample] = []
+    try:
+        proc = psutil.Process(agent.pid)
+        agent_log = work / "agent.log"
+        while agent.poll() is None:
+            s = _sample(proc, t0, counter.results)
+            # Once the replay has ended the daemon shuts down (threads end, sockets close): those
+            # samples are plotted but are not part of the steady state.
+            if s is not None:
+                s["stopping"] = float("source finished" in agent_log.read_text(errors="replace"))
+                samples.append(s)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(args.interval)
+    finally:
+        if agent.poll() is None:
+            agent.terminate()
+            agent.wait(30)
+        log.close()
+        time.sleep(1.0)  # the final health message
+        counter.close()
+        if broker is not None:
+            broker.terminate()
+            broker.wait(10)
+    health = counter.health or {}
+    inf = health.get("inference") or {}
+    return {"exit_code": agent.returncode, "wall_s": round(time.monotonic() - t0, 1), "samples": samples,
+            "results_received": counter.results, "deadline_misses": inf.get("deadline_misses"),
+            "inferences": inf.get("inferences"), "health_frames": health.get("frames"),
+            "mqtt": {k: (health.get("mqtt") or {}).get(k) for k in ("produced", "dropped", "acked")},
+            "log_tail": (work / "agent.log").read_text(errors="replace")[-2000:]}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parse(argv)
+    for p in (args.model, args.golden):
+        if not p.exists():
+            print(f"soak: {p} does not exist (build the model with `make model`, or pass --model/--golden)",
+                  file=sys.stderr)
+            return 2
+    args.model, args.golden = args.model.resolve(), args.golden.resolve()
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        r = run(args, Path(tmp))
+    samples = r.pop("samples")
+    verdict = summarise(samples, args.warmup, args.max_drift_mb, args.warmup_s)
+    problems = [verdict["reason"]] if verdict["reason"] else []
+    if r["exit_code"] != 0:
+        problems.append(f"daemon exit code {r['exit_code']}")
+    if r["deadline_misses"] != 0:
+        problems.append(f"{r['deadline_misses']} deadline misses at {args.deadline_ms} ms")
+    summary = {"frames": args.frames, "rate_hz": args.rate, "deadline_ms": args.deadline_ms,
+               "model": str(args.model), "interval_s": args.interval, **r, **verdict,
+               "pass": not problems, "problems": problems}
+    if not problems:
+        summary.pop("log_tail")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / (args.name or f"soak-{time.strftime('%Y%m%d-%H%M%S')}")
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_FIELDS)
+        w.writeheader()
+        w.writerows({k: round(v, 3) for k, v in s.items()} for s in samples)
+    stem.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    if samples:
+        _plot(samples, stem.with_suffix(".png"), f"soak: {args.frames} frames, {args.model.name}",
+              verdict.get("warmup_end_s", 0.0))
+    print(json.dumps({k: v for k, v in summary.items() if k != "log_tail"}, indent=1))
+    print(f"soak: {'PASS' if not problems else 'FAIL: ' + '; '.join(problems)} ({stem}.*)")
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
