@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from agent.config.schema import Config
+from agent.control.commands import CommandError, parse_command
 from agent.control.ota.activation import Activation, Outcome
 from agent.control.ota.keys import load_keyring
 from agent.control.ota.manifest import Limits, Manifest, ManifestError, open_envelope
@@ -74,6 +75,8 @@ class OtaController:
         self._counters = {"manifests": 0, "rejected": 0, "chunks": 0, "chunks_rejected": 0,
                           "chunks_dropped": 0, "requests": 0, "committed": 0, "rolled_back": 0}
         self._prefix = cfg.mqtt.topic_prefix
+        self._last: dict[str, Any] = {}  # the last ota/status document (health shows it too)
+        self._latest: Optional[tuple[Manifest, bytes]] = None  # newest verified manifest seen
 
     # -- public -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -82,6 +85,7 @@ class OtaController:
             self._publish(status_doc("disabled", reason="ota.enabled is false"))
             return
         self._pub.subscribe("ota/manifest", self._on_manifest_msg)
+        self._pub.subscribe("cmd", self._on_command_msg)
         for g in self._ota.groups:
             if _GROUP.match(g):
                 self._pub.subscribe(f"/{self._prefix}/group/{g}/ota/manifest", self._on_manifest_msg)
@@ -100,7 +104,10 @@ class OtaController:
 
     def stats(self) -> dict[str, Any]:
         dl = self._dl
-        out: dict[str, Any] = {"state": self._state, **self._counters}
+        last = self._last
+        out: dict[str, Any] = {"job": last.get("job"), "version": last.get("version"),
+                               "reason": last.get("reason", ""), "progress": last.get("progress", 0.0),
+                               "state": self._state, **self._counters}
         if dl is not None:
             out.update(job=dl.m.job, version=dl.m.version, progress=round(dl.bitmap.have / dl.bitmap.count, 4))
         elif self._act is not None:
@@ -113,6 +120,9 @@ class OtaController:
 
     def _on_chunk_msg(self, topic: str, payload: bytes) -> None:
         self._offer("chunk", topic, payload)
+
+    def _on_command_msg(self, topic: str, payload: bytes) -> None:
+        self._offer("cmd", topic, payload)
 
     def _offer(self, kind: str, topic: str, payload: bytes) -> None:
         try:
@@ -141,6 +151,8 @@ class OtaController:
                     self._on_manifest(payload)
                 elif kind == "chunk":
                     self._on_chunk(topic, payload)
+                elif kind == "cmd":
+                    self._on_command(payload)
                 self._tick()
             except Exception:  # a bug must not kill OTA silently nor the daemon; report and go on
                 _log.exception("OTA worker error")
@@ -184,6 +196,7 @@ class OtaController:
         self._publish(doc)
 
     def _publish(self, doc: dict[str, Any]) -> None:
+        self._last = doc
         self._pub.publish("ota/status", json.dumps(doc, separators=(",", ":")).encode(), 1, retain=True)
 
     # -- manifest -----------------------------------------------------------------------------
@@ -195,6 +208,8 @@ class OtaController:
         except ManifestError as exc:
             self._report(status_doc("rejected", reason=str(exc)))
             return
+        if self._latest is None or m.version >= self._latest[0].version:
+            self._latest = (m, envelope)
         busy = self._act.busy()
         if busy is not None:
             _log.warning("OTA: job %s ignored, busy with %s", m.job, busy)
@@ -216,6 +231,25 @@ class OtaController:
         if self._dl is not None:
             _log.warning("OTA: job %s replaced by %s", self._dl.m.job, m.job)
         self._begin(m, envelope, b"")
+
+    def _on_command(self, payload: bytes) -> None:
+        """``ota_install``: restart the newest signed update already seen, if one can still install."""
+        assert self._store is not None and self._act is not None
+        try:
+            cmd = parse_command(payload)
+        except CommandError as exc:
+            _log.warning("OTA: command refused: %s", exc)
+            return
+        latest = self._latest
+        if self._dl is not None or self._act.busy() is not None:
+            return  # an update is in progress already
+        state = self._store.read_state()
+        if (latest is None or latest[0].version <= state.committed_version or latest[0].job in state.seen_jobs
+                or (cmd.version != "latest" and cmd.version != latest[0].version)):
+            self._publish(status_doc(self._state, self._last.get("job"), self._last.get("version"),
+                                     "no installable update", float(self._last.get("progress", 0.0))))
+            return
+        self._on_manifest(latest[1])
 
     def _begin(self, m: Manifest, envelope: bytes, bits: bytes) -> None:
         assert self._store is not None

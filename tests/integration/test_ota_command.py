@@ -1,0 +1,65 @@
+"""Home Assistant's install button: ``{"cmd":"ota_install"}`` on ``<prefix>/<id>/cmd``."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.control.ota import store as store_mod
+from tests.helpers.broker import Broker
+from tests.helpers.ota import model_bytes
+from tests.helpers.ota_device import Bench, Device
+
+pytestmark = pytest.mark.integration
+
+V2 = model_bytes("good", tag=2)
+INSTALL = b'{"cmd":"ota_install","version":"latest"}'
+
+
+@pytest.fixture
+def bench(tmp_path: Path, broker: Broker) -> Iterator[Bench]:
+    b = Bench(tmp_path, broker)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def device(bench: Bench) -> Iterator[Device]:
+    d = Device(bench.cfg_path)
+    bench.wait_state(None, ("idle",), 20)
+    yield d
+    d.stop()
+
+
+def test_install_without_an_update_says_so(bench: Bench, device: Device) -> None:
+    since = len(bench.statuses())
+    bench.watch.publish("digit-agent/dev1/cmd", INSTALL)
+    assert bench.watch.wait_for(lambda _: any(s["reason"] == "no installable update"
+                                              for s in bench.statuses()[since:]), 20)
+    assert device.daemon.engine.model.version == 1
+
+
+def test_install_restarts_a_failed_signed_update(bench: Bench, device: Device,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real = store_mod._write_all
+
+    def full(fd: int, data: bytes) -> None:  # SIMULATED disk full while installing the slot
+        if len(data) == len(V2):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)
+
+    monkeypatch.setattr(store_mod, "_write_all", full)
+    pusher = bench.push(bench.envelope(V2, 2), V2)
+    try:
+        assert bench.wait_state("job-v2")["state"] == "failed"
+        monkeypatch.setattr(store_mod, "_write_all", real)  # space freed; the operator is not around
+        since = len(bench.statuses())
+        bench.watch.publish("digit-agent/dev1/cmd", INSTALL)
+        assert bench.wait_state("job-v2", since=since, timeout=60)["state"] == "committed"
+    finally:
+        pusher.close()
+    assert device.daemon.ota.stats()["version"] == 2
