@@ -1,0 +1,95 @@
+"""The benchmark harness's pure parts: graph sizes, percentile summaries, verdicts, pruning, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.helpers.models import make_model
+from tools.bench.graph import graph_sizes
+from tools.bench.machine import machine_info, summarise_us
+from tools.bench.report import plot_frontier, plot_histogram, targets
+
+
+def test_graph_sizes_of_a_known_graph(tmp_path: Path) -> None:
+    # input [1,1,28,28] f32 -> Flatten (784 f32) -> MatMul with w (784x10) -> (10) -> Softmax (10)
+    sizes = graph_sizes(make_model(tmp_path / "m.onnx"))
+    assert sizes["weight_bytes"] == 784 * 10 * 4
+    # Flatten's input and output are alive together: 2 x 3136 bytes; later nodes hold less.
+    assert sizes["peak_activation_bytes"] == 2 * 784 * 4
+    assert sizes["largest_tensor_bytes"] == 784 * 4
+    assert sizes["file_bytes"] == (tmp_path / "m.onnx").stat().st_size > sizes["weight_bytes"]
+    assert sizes["ops"] == ["Flatten", "MatMul", "Softmax"]
+
+
+def test_summarise_us_percentiles() -> None:
+    s = summarise_us(np.arange(1, 1001) * 1000)  # 1..1000 µs
+    assert s["n"] == 1000 and s["max_us"] == 1000.0
+    assert 499 <= s["p50_us"] <= 501 and 989 <= s["p99_us"] <= 991 and 998 <= s["p999_us"] <= 1000
+    assert summarise_us([]) == {"n": 0}
+
+
+def test_machine_info_names_cpu_and_runtime() -> None:
+    m = machine_info()
+    assert m["cpu_model"] and m["cpu_count"] >= 1 and m["onnxruntime"]
+
+
+def _doc(p50: float, b1_cpu: float, b4_cpu: float, fps: float, idle: float) -> dict[str, Any]:
+    row = {"name": "int8 deployed", "b1_p50_us": p50, "b1_p99_us": 2 * p50, "b1_p999_us": 3 * p50,
+           "b1_cpu_us": b1_cpu, "b4_cpu_us_per_frame": b4_cpu}
+    same = {"name": "fp32 deployed arch (t12)", "b1_p50_us": 2 * p50}
+    return {"frontier": {"rows": [row, same]},
+            "e2e": {"throughput_qos0": {"frames_per_s": fps, "rss_bytes": {"start": 50 * 2**20,
+                                                                            "100000": 50 * 2**20,
+                                                                            "1000000": 52 * 2**20}},
+                    "idle": {"cpu_percent": idle}}}
+
+
+def test_targets_judge_each_limit_in_the_right_direction() -> None:
+    good = {t["target"]: t for t in targets(_doc(10.0, 20.0, 5.0, 20000.0, 0.1))}
+    assert good["inference p50 (batch 1, int8)"]["met"] is True
+    assert good["int8 p50 / fp32 p50 of the same net"]["value"] == 0.5
+    assert good["micro-batch 4 frames per CPU-second vs batch 1"]["met"] is True
+    assert good["sustained frames/s on one core, QoS 0"]["met"] is True
+    assert good["RSS drift 100k → 1M frames"]["met"] is False  # 2 MB > 1 MB
+    assert good["frame→result p99 at 500 fps (daemon timestamps)"]["met"] is None  # not measured
+    bad = {t["target"]: t for t in targets(_doc(100.0, 20.0, 15.0, 900.0, 3.0))}
+    for name in ("inference p50 (batch 1, int8)", "micro-batch 4 frames per CPU-second vs batch 1",
+                 "sustained frames/s on one core, QoS 0", "idle CPU"):
+        assert bad[name]["met"] is False
+
+
+def test_prune_keeps_the_strongest_filters() -> None:
+    torch = pytest.importorskip("torch")
+    from tools.bench.zoo import prune
+    from tools.model.net import DigitNet, count_params
+
+    torch.manual_seed(0)
+    net = DigitNet("bench-lenet").eval()
+    same = prune(net, "bench-lenet", 1.0).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(net(x), same(x), atol=1e-5)  # keep=1 is the identity
+        first = next(m for m in net.features if isinstance(m, torch.nn.Conv2d)).weight
+        strongest = set(first.abs().sum(dim=(1, 2, 3)).argsort(descending=True)[:16].tolist())
+    half = prune(net, "bench-lenet", 0.5)
+    assert [m.out_channels for m in half.modules() if isinstance(m, torch.nn.Conv2d)] == [16, 32, 64, 10]
+    assert count_params(half) < count_params(net) / 3
+    half_first = next(m for m in half.features if isinstance(m, torch.nn.Conv2d)).weight
+    kept = {i for i in range(32) if any(torch.equal(first[i], w) for w in half_first)}
+    assert kept == strongest
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    row = {"name": "a", "mode": "engine", "file_bytes": 14000, "b1_p50_us": 40.0, "accuracy": 0.99}
+    fr = {"rows": [row, {**row, "name": "b", "mode": "naive", "b1_p50_us": 80.0}],
+          "seed_published": [{"name": "seed", "accuracy": 0.97, "p50_us": 12000.0, "file_kb": 800}]}
+    plot_frontier(fr, tmp_path / "f.png")
+    rng = np.random.default_rng(0)
+    plot_histogram({"replay_500fps": {"frame_age_us_samples": rng.integers(50, 900, 500).tolist()},
+                    "serial_100fps": {"e2e_us_samples": rng.integers(200, 3000, 300).tolist()}}, tmp_path / "h.png")
+    for name in ("f.png", "h.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,203 @@
+"""Markdown tables, target verdicts and PNG plots from a result document (pure: dict in, files out)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["frontier_table", "plot_frontier", "plot_histogram", "targets", "write_markdown"]
+
+_KB = 1024
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def frontier_table(frontier: dict[str, Any]) -> str:
+    header = ["model", "run as", "acc %", "file KB", "weights KB", "peak act. KB", "b1 p50 µs", "b1 p99 µs",
+              "b1 p99.9 µs", "b1 max µs", "b4 µs/frame p50", "b4 p99", "CPU µs/inf b1", "CPU µs/frame b4",
+              "RSS MB after load"]
+    rows = [[r["name"], r["mode"], round(r["accuracy"] * 100, 2), r["file_bytes"] / _KB, r["weight_bytes"] / _KB,
+             r["peak_activation_bytes"] / _KB, r["b1_p50_us"], r["b1_p99_us"], r["b1_p999_us"], r["b1_max_us"],
+             r["b4_frame_p50_us"], r["b4_frame_p99_us"], r["b1_cpu_us"], r["b4_cpu_us_per_frame"],
+             r["rss_after_load_bytes"] / 2**20] for r in frontier["rows"]]
+    rows += [[s["name"], "published", s["accuracy"] * 100, float(s["file_kb"]), None, None, s["p50_us"], None,
+              None, None, None, None, None, None, None] for s in frontier["seed_published"]]
+    return _table(header, rows)
+
+
+def _row(frontier: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
+    return next((r for r in frontier["rows"] if r["name"] == name), None)
+
+
+def _get(d: Optional[dict[str, Any]], key: str) -> Optional[float]:
+    v = d.get(key) if d else None
+    return None if v is None else float(v)
+
+
+def _verdict(name: str, value: Optional[float], limit: float, higher_ok: bool = False,
+             unit: str = "") -> dict[str, Any]:
+    met = None if value is None else (value >= limit if higher_ok else value <= limit)
+    return {"target": name, "value": value, "limit": limit, "unit": unit, "met": met}
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each issue target, the measured value and whether it was met (None = not measured)."""
+    fr, e2e = doc.get("frontier", {}), doc.get("e2e", {})
+    dep = _row(fr, "int8 deployed") if fr else None
+    same = next((r for r in fr.get("rows", []) if r["name"].startswith("fp32 deployed arch")), None)
+    ratio = round(dep["b1_p50_us"] / same["b1_p50_us"], 3) if dep and same else None
+    b4_gain = round(dep["b1_cpu_us"] / dep["b4_cpu_us_per_frame"], 2) if dep else None
+    out = [
+        _verdict("inference p50 (batch 1, int8)", _get(dep, "b1_p50_us"), 15, unit="µs"),
+        _verdict("inference p99 (batch 1, int8)", _get(dep, "b1_p99_us"), 30, unit="µs"),
+        _verdict("inference p99.9 (batch 1, int8)", _get(dep, "b1_p999_us"), 60, unit="µs"),
+        _verdict("int8 p50 / fp32 p50 of the same net", ratio, 1.0, unit="×"),
+        _verdict("micro-batch 4 frames per CPU-second vs batch 1", b4_gain, 2.0, higher_ok=True, unit="×"),
+    ]
+    r500 = e2e.get("replay_500fps")
+    out.append(_verdict("frame→result p99 at 500 fps (daemon timestamps)",
+                        _get(r500 and r500["frame_age"], "p99_us"), 500, unit="µs"))
+    t0 = e2e.get("throughput_qos0")
+    out.append(_verdict("sustained frames/s on one core, QoS 0", _get(t0, "frames_per_s"), 10000,
+                        higher_ok=True, unit="fps"))
+    rss = (t0 or {}).get("rss_bytes", {})
+    peak = round(max(rss.values()) / 2**20, 1) if rss else None
+    out.append(_verdict("RSS", peak, 64, unit="MB"))
+    if "1000000" in rss and "100000" in rss:
+        out.append(_verdict("RSS drift 100k → 1M frames", round((rss["1000000"] - rss["100000"]) / 2**20, 2), 1,
+                            unit="MB"))
+    out.append(_verdict("idle CPU", _get(e2e.get("idle"), "cpu_percent"), 0.5, unit="%"))
+    return out
+
+
+def _e2e_tables(e2e: dict[str, Any]) -> str:
+    rows = []
+    for key in ("throughput_qos0", "throughput_qos1"):
+        t = e2e.get(key)
+        if t:
+            rows.append([key, t["frames_per_s"], t["cpu_us_per_frame"], t["cpu_percent_of_one_core"], t["frames"],
+                         (t["health_last"].get("mqtt") or {}).get("dropped")])
+    text = _table(["run", "frames/s", "CPU µs/frame", "CPU % of one core", "frames", "outbox dropped"], rows)
+    lat = []
+    for key in ("replay_100fps", "replay_500fps", "serial_100fps"):
+        r = e2e.get(key)
+        if r:
+            fa, inf = r["frame_age"], r["inference"]
+            sub = r.get("frame_to_subscriber", {})
+            frames = (r.get("health_last") or {}).get("frames") or {}
+            lat.append([key, r["results"], fa.get("p50_us"), fa.get("p99_us"), fa.get("max_us"), inf.get("p50_us"),
+                        inf.get("p99_us"), sub.get("p50_us"), sub.get("p99_us"), sub.get("max_us"),
+                        r["deadline_missed"], frames.get("dropped_stale")])
+    text += "\n" + _table(["run", "results", "frame→result p50 µs", "p99", "max", "inference p50 µs", "p99",
+                           "frame→subscriber p50 µs", "p99", "max", "deadline misses", "stale dropped"], lat)
+    long = e2e.get("throughput_qos0") or {}
+    inf = (long.get("health_last") or {}).get("inference") or {}
+    if inf:
+        text += (f"\nLongest run (QoS 0 flat out, {long.get('frames'):,} frames in the window): "
+                 f"{inf.get('inferences')} inferences, {inf.get('deadline_misses')} deadline misses, "
+                 f"{inf.get('aborted')} aborted.\n")
+    return text
+
+
+def write_markdown(doc: dict[str, Any], path: Path, images: dict[str, str]) -> str:
+    m = doc["machine"]
+    parts = [f"# Benchmark {doc['date']} on {m['host']}\n",
+             f"CPU: {m['cpu_model']} ({m['cpu_count']} cores; SIMD {', '.join(m['simd_flags'])}); "
+             f"onnxruntime {m['onnxruntime']}; Python {m['python']}; load average at start "
+             f"{m['load_average_start']}, at end {doc.get('load_average_end')}.\n",
+             f"Mode: {'quick' if doc['quick'] else 'full'}. {doc.get('frontier', {}).get('note', '')}\n"]
+    if "frontier" in doc:
+        parts += ["## Frontier\n", frontier_table(doc["frontier"])]
+    if "e2e" in doc:
+        parts += ["\n## End to end (daemon + mosquitto)\n", _e2e_tables(doc["e2e"])]
+        idle = doc["e2e"].get("idle")
+        if idle:
+            parts.append(f"\nIdle: {idle['cpu_percent']} % CPU over {idle['window_s']} s, "
+                         f"RSS {idle['rss_bytes'] / 2**20:.1f} MB.\n")
+    parts += ["\n## Targets\n", _table(["target", "measured", "limit", "met"],
+                                       [[t["target"], f"{_fmt(t['value'])} {t['unit']}", f"{t['limit']} {t['unit']}",
+                                         {True: "yes", False: "**no**", None: "not measured"}[t["met"]]]
+                                        for t in doc["targets"]])]
+    parts += [f"\n![{k}]({v})\n" for k, v in images.items()]
+    text = "\n".join(parts)
+    path.write_text(text, encoding="utf-8")
+    return text
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_frontier(frontier: dict[str, Any], path: Path) -> None:
+    """Accuracy vs batch-1 p50 latency (log scale), marker area ∝ model file bytes; seed's figures hollow."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5))
+
+    def area(kb: float) -> float:
+        return float(np.clip(kb, 1, None) ** 0.5 * 12)
+
+    for r in frontier["rows"]:
+        kb = r["file_bytes"] / _KB
+        ax.scatter(r["b1_p50_us"], r["accuracy"] * 100, s=area(kb), alpha=0.6,
+                   marker="o" if r["mode"] == "engine" else "s")
+        ax.annotate(f"{r['name']}\n{kb:,.0f} KB", (r["b1_p50_us"], r["accuracy"] * 100), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    for s in frontier["seed_published"]:
+        ax.scatter(s["p50_us"], s["accuracy"] * 100, s=area(s["file_kb"]), facecolors="none", edgecolors="grey")
+        ax.annotate(f"{s['name']}\n{s['file_kb']:,} KB", (s["p50_us"], s["accuracy"] * 100), fontsize=7,
+                    color="grey", xytext=(4, -12), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency p50 (µs, log)")
+    ax.set_ylabel("MNIST test accuracy (%)")
+    ax.set_title("Frontier: accuracy vs latency (marker area ~ sqrt(model bytes); grey = seed's published)")
+    ax.title.set_fontsize(9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_histogram(e2e: dict[str, Any], path: Path) -> None:
+    """Frame→result (daemon) at 100/500 fps and frame→subscriber over the pty, log-count histograms."""
+    plt = _plt()
+    series = [(f"replay {k.split('_')[1]}: frame→result", e2e[k].get("frame_age_us_samples", []))
+              for k in ("replay_100fps", "replay_500fps") if k in e2e]
+    if "serial_100fps" in e2e:
+        series.append(("serial pty 100 fps: frame→subscriber", e2e["serial_100fps"].get("e2e_us_samples", [])))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    data = [np.asarray(s, dtype=np.float64) for _, s in series]
+    hi = max((float(np.percentile(d, 99.9)) for d in data if len(d)), default=1000.0)
+    bins = np.linspace(0, max(hi * 1.1, 100), 80)
+    for (label, _), d in zip(series, data):
+        if len(d):
+            ax.hist(np.clip(d, 0, bins[-1]), bins=bins, alpha=0.5, label=f"{label} (n={len(d)})")
+    ax.set_yscale("log")
+    ax.set_xlabel("µs (last bin holds everything beyond)")
+    ax.set_ylabel("frames")
+    ax.set_title("Daemon latency histogram")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
