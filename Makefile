@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck pytest model bench bench-quick fuzz soak clean
+.PHONY: demo test lint typecheck pytest clean
 
 demo:                       ## install into .venv, start a broker, the daemon, and a live subscriber
 	tools/bootstrap.sh runtime
@@ -21,8 +21,7 @@ typecheck:
 pytest:
 	$(PY) -m pytest -q
 
-model:                      ## rebuild models/ from MNIST (train, export, quantize, validate)
-	$(PY) -m tools.model.build --out models
+include tools/model/Makefile   # model: rebuild models/ from MNIST (train, export, quantize, validate)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
