@@ -62,6 +62,8 @@ def augment_canonical(x01: torch.Tensor, gen: torch.Generator, p: float = 1.0) -
     underfits when every sample is distorted); returns [0,1] images (N,1,28,28)."""
     y = _affine(x01, rot_deg=12.0, scale=(0.9, 1.1), shift=2.0, out_side=28, gen=gen)
     y = stroke_width(y, p=0.3, gen=gen).clamp_(0.0, 1.0)
+    if p >= 1.0:
+        return y
     keep = torch.rand(x01.shape[0], 1, 1, 1, generator=gen) >= p
     return torch.where(keep, x01, y)
 

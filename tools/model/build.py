@@ -28,7 +28,7 @@ from tools.model.data import load_mnist
 from tools.model.export import DEFAULT_OPSET, export_onnx
 from tools.model.net import count_params
 from tools.model.report import plot_history, write_report
-from tools.model.train import TrainConfig, split_train, train
+from tools.model.train import Split, TrainConfig, TrainResult, load_checkpoint, save_checkpoint, split_train, train
 
 __all__ = ["main", "parse_args"]
 
@@ -49,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-subset", type=int, default=0, help="evaluate on the first N test images")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads for training")
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--aug-p", type=float, default=d.aug_p, help="share of samples with geometric/stroke aug")
+    p.add_argument("--synth-fraction", type=float, default=d.synth_fraction, help="share of raw synthetic frames")
+    p.add_argument("--ema", type=float, default=d.ema, help="weight EMA decay, 0 = off")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="skip training: weights from a previous build's work dir"
+    )
     p.add_argument("--calib-images", type=int, default=2000)
     p.add_argument("--methods", default="minmax,entropy,percentile")
     p.add_argument("--latency-runs", type=int, default=3000)
@@ -59,94 +66,120 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _train(args: argparse.Namespace, data: tuple[np.ndarray, ...]) -> tuple[Any, Any, TrainConfig]:
+def _train(
+    args: argparse.Namespace, data: tuple[np.ndarray, ...], work: Path
+) -> tuple[Split, TrainResult, TrainConfig, str]:
+    """Train (or resume from --checkpoint); the checkpoint + sidecar are always left in ``work``."""
     x, y = data[0], data[1]
     if args.train_subset:
         x, y = x[: args.train_subset], y[: args.train_subset]
-    cfg = TrainConfig(
-        arch=args.arch,
-        epochs=args.epochs,
-        seed=args.seed,
-        max_steps=args.max_steps,
-        threads=args.threads,
-        val_size=min(TrainConfig().val_size, len(x) // 6),
-    )
+    if args.checkpoint is not None:
+        result, cfg, command = load_checkpoint(args.checkpoint)
+    else:
+        cfg = TrainConfig(
+            arch=args.arch,
+            epochs=args.epochs,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            threads=args.threads,
+            dropout=args.dropout,
+            aug_p=args.aug_p,
+            synth_fraction=args.synth_fraction,
+            ema=args.ema,
+            val_size=min(TrainConfig().val_size, len(x) // 6),
+        )
+        command = _command(args.argv)
     split = split_train(x, y, cfg.val_size, cfg.seed)
-    return split, train(split, cfg), cfg
+    if args.checkpoint is None:
+        result = train(split, cfg)
+    save_checkpoint(result, cfg, work / "digit.pt", command)
+    return split, result, cfg, command
 
 
-def _command(argv: list[str] | None) -> str:
-    args = argv if argv is not None else sys.argv[1:]
-    return shlex.join(["python", "-m", "tools.model.build", *args])
+def _command(argv: list[str]) -> str:
+    return shlex.join(["python", "-m", "tools.model.build", *argv])
+
+
+def _card_fields(
+    cfg: TrainConfig, result: TrainResult, split: Split, command: str, build_cmd: str, best: pipeline.Candidate
+) -> dict[str, Any]:
+    return {
+        "normalisation": {
+            "mean": MNIST_MEAN,
+            "std": MNIST_STD,
+            "scale": "(x/255 - mean)/std",
+            "polarity": "auto: border mean vs frame mean; ink made bright on dark",
+            "box": BOX,
+            "centre_of_mass": [14, 14],
+            "preprocessor": "agent.preprocess.Preprocessor",
+        },
+        "quant_format": "QDQ" if best.variant.fmt == "qdq" else "QOperator",
+        "activation_type": "uint8" if best.variant.activations == "u8" else "int8",
+        "weight_type": "int8 per-channel",
+        "training": {
+            "seed": cfg.seed,
+            "command": command,
+            "build_command": build_cmd,
+            "epochs": len(result.history),
+            "minutes": round(result.minutes, 2),
+            "arch": cfg.arch,
+            "params": count_params(result.model),
+            "config": asdict(cfg),
+            "val_acc_final": result.history[-1]["val_acc"],
+            "train_images": len(split.x_train),
+        },
+    }
+
+
+def _build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    data = load_mnist()
+    test_x, test_y = data[2], data[3]
+    if args.test_subset:
+        test_x, test_y = test_x[: args.test_subset], test_y[: args.test_subset]
+    split, result, cfg, command = _train(args, data, work)
+    fp32 = export_onnx(result.model, work / "digit_fp32.onnx", args.opset)
+    ev = pipeline.Evaluation.build(split, test_x, test_y, args.seed)
+    calib = pipeline.calibration_set(split, args.calib_images, args.seed)
+    best, variants, prepped = pipeline.choose_variant(fp32, work, calib, ev, args)
+    shipped, golden = args.out / "digit_int8.onnx", args.out / "golden.npz"
+    shutil.copyfile(best.path, shipped)
+    metrics = pipeline.final_metrics(fp32, shipped, ev, variants, args.latency_runs)
+    golden_idx = write_golden(golden, test_x, test_y, args.golden, args.seed)
+    metrics["accuracy"]["golden_int8"] = pipeline.golden_accuracy(shipped, golden)
+    fields = {
+        **_card_fields(cfg, result, split, command, _command(args.argv), best),
+        **metrics,
+        "calibration": {
+            "method": best.variant.method,
+            "images": len(calib),
+            "source": "training split (75% plain, 25% synthetic frames via Preprocessor)",
+        },
+        "golden": {"file": golden.name, "n": len(golden_idx), "source": "test set, seeded draw"},
+        "min_onnxruntime": pipeline.min_ort(shipped, golden, args.ort_versions),
+    }
+    card = write_card(args.out / "digit_int8.card.json", shipped, fields)
+    if args.docs is not None:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        plot_history(result.history, args.docs / "model-training.png")
+        sqnr, one = (
+            ({}, []) if args.no_sensitivity else pipeline.sensitivity(fp32, prepped, work, calib, ev, best.variant)
+        )
+        write_report(args.docs / "model-report.md", card, variants, sqnr, one, "model-training.png")
+    return card
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    args.argv = argv if argv is not None else sys.argv[1:]
     torch.manual_seed(args.seed)
-    data = load_mnist()
-    test_x, test_y = data[2], data[3]
-    if args.test_subset:
-        test_x, test_y = test_x[: args.test_subset], test_y[: args.test_subset]
-    split, result, cfg = _train(args, data)
-    tmp_ctx = tempfile.TemporaryDirectory() if args.work is None else None
-    work = Path(tmp_ctx.name) if tmp_ctx else args.work
-    work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        fp32 = export_onnx(result.model, work / "digit_fp32.onnx", args.opset)
-        ev = pipeline.Evaluation.build(split, test_x, test_y, args.seed)
-        calib = pipeline.calibration_set(split, args.calib_images, args.seed)
-        best, variants, prepped = pipeline.choose_variant(fp32, work, calib, ev, args)
-        shipped = args.out / "digit_int8.onnx"
-        shutil.copyfile(best.path, shipped)
-        metrics = pipeline.final_metrics(fp32, shipped, ev, variants, args.latency_runs)
-        golden_idx = write_golden(args.out / "golden.npz", test_x, test_y, args.golden, args.seed)
-        metrics["accuracy"]["golden_int8"] = pipeline.golden_accuracy(shipped, args.out / "golden.npz")
-        min_ort = pipeline.min_ort(shipped, args.out / "golden.npz", args.ort_versions)
-        fields = {
-            "normalisation": {
-                "mean": MNIST_MEAN,
-                "std": MNIST_STD,
-                "scale": "(x/255 - mean)/std",
-                "polarity": "auto: border mean vs frame mean; ink made bright on dark",
-                "box": BOX,
-                "centre_of_mass": [14, 14],
-                "preprocessor": "agent.preprocess.Preprocessor",
-            },
-            **metrics,
-            "calibration": {
-                "method": best.variant.method,
-                "images": len(calib),
-                "source": "training split (75% plain, 25% synthetic frames via Preprocessor)",
-            },
-            "quant_format": best.variant.fmt.upper() if best.variant.fmt == "qdq" else "QOperator",
-            "activation_type": "uint8" if best.variant.activations == "u8" else "int8",
-            "weight_type": "int8 per-channel",
-            "training": {
-                "seed": cfg.seed,
-                "command": _command(argv),
-                "epochs": len(result.history),
-                "minutes": round(result.minutes, 2),
-                "arch": cfg.arch,
-                "params": count_params(result.model),
-                "config": asdict(cfg),
-                "val_acc_final": result.history[-1]["val_acc"],
-                "train_images": len(split.x_train),
-            },
-            "golden": {"file": "golden.npz", "n": len(golden_idx), "source": "test set, seeded draw"},
-            "min_onnxruntime": min_ort,
-        }
-        card = write_card(args.out / "digit_int8.card.json", shipped, fields)
-        if args.docs is not None and not args.no_sensitivity:
-            args.docs.mkdir(parents=True, exist_ok=True)
-            plot_history(result.history, args.docs / "model-training.png")
-            sqnr, one = pipeline.sensitivity(fp32, prepped, work, calib, ev, best.variant)
-            write_report(args.docs / "model-report.md", card, variants, sqnr, one, "model-training.png")
-        print(f"wrote {shipped} ({card['size_bytes']} bytes), int8 test acc {card['accuracy']['int8_test']:.4f}")
-    finally:
-        if tmp_ctx:
-            tmp_ctx.cleanup()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work if args.work is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        card = _build(args, work)
+    acc = card["accuracy"]["int8_test"]
+    print(f"wrote {args.out / card['file']} ({card['size_bytes']} bytes), int8 test acc {acc:.4f}")
     return 0
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,17 @@ from agent.preprocess import MNIST_MEAN, MNIST_STD, Preprocessor
 from tools.model.augment import augment_canonical, normalise, preprocess_frames, synth_frames
 from tools.model.net import DigitNet
 
-__all__ = ["Split", "TrainConfig", "TrainResult", "canonicalise", "predict", "split_train", "train"]
+__all__ = [
+    "Split",
+    "TrainConfig",
+    "TrainResult",
+    "canonicalise",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+    "split_train",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +199,20 @@ def train(split: Split, cfg: TrainConfig) -> TrainResult:
     result.model = _final(model, ema)
     result.minutes = (time.monotonic() - t0) / 60
     return result
+
+
+def save_checkpoint(result: TrainResult, cfg: TrainConfig, path: Path, command: str) -> None:
+    """Weights + a JSON sidecar (config, history, minutes, command) so a build can resume from them."""
+    torch.save(result.model.state_dict(), path)
+    meta = {"config": asdict(cfg), "history": result.history, "minutes": result.minutes, "command": command}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def load_checkpoint(path: Path) -> tuple[TrainResult, TrainConfig, str]:
+    """Inverse of save_checkpoint: the trained model, its recorded config and training command."""
+    meta = json.loads(path.with_suffix(".json").read_text())
+    cfg = TrainConfig(**meta["config"])
+    model = DigitNet(cfg.arch, dropout=cfg.dropout)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    model.eval()
+    return TrainResult(model=model, history=meta["history"], minutes=float(meta["minutes"])), cfg, str(meta["command"])
