@@ -93,3 +93,18 @@ def test_plots_are_written(tmp_path: Path) -> None:
                     "serial_100fps": {"e2e_us_samples": rng.integers(200, 3000, 300).tolist()}}, tmp_path / "h.png")
     for name in ("f.png", "h.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profile_summary_of_collapsed_stacks() -> None:
+    from tools.bench.profile import summarise_raw
+
+    raw = ("thread (1): MainThread;run (a.py:1);infer (b.py:2) 60\n"
+           "thread (1): MainThread;run (a.py:1);publish (c.py:3) 20\n"
+           "thread (2): mqtt-loop;loop (d.py:4) 20\n"
+           "garbage line\n")
+    s = summarise_raw(raw)
+    assert s["samples"] == 100
+    assert s["threads"] == [["MainThread", 80.0], ["mqtt-loop", 20.0]]
+    assert s["self"][0] == ["infer (b.py:2)", 60.0]
+    assert ["run (a.py:1)", 80.0] in s["inclusive"]
+    assert summarise_raw("")["samples"] == 0

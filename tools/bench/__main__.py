@@ -37,8 +37,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--models", type=Path, default=REPO / "models", help="digit_int8.onnx, its card, golden.npz")
     p.add_argument("--only", choices=("frontier", "e2e"), default=None)
     p.add_argument("--runs", type=int, default=None, help="batch-1 inferences per model (default 20000/2000)")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs of the frontier models")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs of the frontier models")
     p.add_argument("--max-steps", type=int, default=0, help="cap training steps (smoke; accuracy meaningless)")
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the daemon")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="override the daemon's self-test floor (only for a dev model)")
     args = p.parse_args(argv)
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                        args.max_steps))
     if args.only in (None, "e2e"):
         with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
-            opts = E2EOptions(args.quick, args.models, Path(tmp), min_accuracy=args.min_accuracy)
+            opts = E2EOptions(args.quick, args.models, Path(tmp), min_accuracy=args.min_accuracy,
+                              profile_dir=None if args.no_profile or args.quick else args.out)
             if args.quick:
                 opts.throughput_s, opts.rate_s, opts.idle_s = 3.0, 3.0, 3.0
             doc["e2e"] = run_e2e(opts)

@@ -44,6 +44,7 @@ class E2EOptions:
     rate_s: float = 30.0
     idle_s: float = 10.0
     long_frames: int = 1_000_000
+    profile_dir: Optional[Path] = None  # set: py-spy profile of a flat-out run written here
     baud: int = 921600
     min_accuracy: Optional[float] = None  # self-test floor override (dev models only)
 
@@ -170,6 +171,24 @@ def throughput(opts: E2EOptions, broker: Broker, qos: int, rss_marks: tuple[int,
             "rss_bytes": rss, "health_last": _health_brief(health), "load_average": load_average()}
 
 
+def profile(opts: E2EOptions, broker: Broker, seconds: float) -> dict[str, Any]:
+    """py-spy over a flat-out QoS 0 run on one core: which threads and frames take the time."""
+    from tools.bench.profile import spy
+
+    assert opts.profile_dir is not None
+    tap = _Tap(broker, 0, keep=False)
+    try:
+        with _daemon(opts, broker, "profile", _one_core(), source={"type": "replay", "rate_hz": 0.0, "loop": True},
+                     mqtt={"qos": 0}) as agent:
+            _wait_count(tap, 1000, 60)
+            c0, t0 = tap.count, time.monotonic()
+            out = spy(agent.proc.pid, seconds, opts.profile_dir / "profile-qos0.txt")
+            out["frames_per_s_while_sampled"] = round((tap.count - c0) / (time.monotonic() - t0), 1)
+    finally:
+        tap.close()
+    return out
+
+
 def _health_brief(h: dict[str, Any]) -> dict[str, Any]:
     keys = ("rss_bytes", "cpu_percent", "threads", "frames", "inference", "mqtt")
     return {k: h.get(k) for k in keys}
@@ -294,6 +313,9 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
         out["serial_100fps"] = serial(opts, broker, 100.0)
         log.info("e2e: idle")
         out["idle"] = idle(opts, broker)
+        if opts.profile_dir is not None:
+            log.info("e2e: py-spy profile")
+            out["profile_qos0"] = profile(opts, broker, 5.0 if opts.quick else 20.0)
         return out
     finally:
         broker.stop()

@@ -50,7 +50,7 @@ class FrontierOptions:
     quick: bool
     runs: int
     models_dir: Path
-    epochs: int = 3
+    epochs: int = 2
     max_steps: int = 0
 
 

@@ -130,7 +130,8 @@ def prune(net: DigitNet, arch: str, keep: float) -> DigitNet:
 
 def _train(spec: ZooSpec, split: Split, start: Optional[DigitNet]) -> tuple[DigitNet, dict[str, Any]]:
     cfg = TrainConfig(arch=spec.arch if start is None else "start", epochs=spec.epochs,
-                      max_steps=spec.max_steps, seed=spec.seed, lr=spec.lr)
+                      max_steps=spec.max_steps, seed=spec.seed, lr=spec.lr,
+                      threads=1)  # a second torch thread only spins on a shared 2-core machine
     t0 = time.monotonic()
     if start is None:
         result = train_mod.train(split, cfg)
