@@ -110,7 +110,8 @@ def test_unplug_replug_cycles_lose_only_the_cut_frame(tmp_path: Any) -> None:
     cycles, per = 8, 25
     dev = SocketDevice()
     rx = Receiver(dev.url)
-    partial_bytes, unplugged, seq = 0, [], 0
+    partial_bytes, seq = 0, 0
+    unplugged: list[tuple[float, int]] = []
     try:
         for _ in range(cycles):
             full = b"\0" + b"".join(encode_frame(seq + k, FRAMES[(seq + k) % 64]) for k in range(per))
@@ -217,7 +218,7 @@ def test_baud_mismatch_garbage_then_recovery(pty_rx: tuple[PtyPair, Receiver]) -
     sent = b"".join(encode_frame(k, FRAMES[k % 64]) for k in range(40))
     garbage = _misbaud(sent, 0.5) + _misbaud(sent, 1.6)  # the sender 2x too fast, then 1.6x too slow
     pty.write(garbage)
-    assert wait_until(lambda: int(rx.source.stats()["bytes_in"]) >= len(garbage), 30)
+    assert wait_until(lambda: rx.source.decoder.bytes_in >= len(garbage), 30)
     assert rx.got == [], "garbage must never produce a frame"
     good = [encode_frame(1000 + k, FRAMES[k]) for k in range(50)]
     t_good = time.monotonic()
