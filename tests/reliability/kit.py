@@ -35,7 +35,7 @@ def models(workdir: Path) -> tuple[Path, Path, str]:
     here (tests/helpers/ota.py: a nearest-centroid ONNX model with its own golden set). Broker and
     serial faults do not depend on which model answers; the soak records which one it ran."""
     shipped, golden = REPO / "models" / "digit_int8.onnx", REPO / "models" / "golden.npz"
-    if shipped.exists() and golden.exists():
+    if shipped.exists() and golden.exists() and shipped.with_suffix(".card.json").exists():
         return shipped, golden, "shipped"
     from tests.helpers.ota import model_bytes, write_golden
 

@@ -100,7 +100,8 @@ def test_no_result_lost_across_broker_restarts(tmp_path: Path, pbroker: Broker) 
     lost = set(range(1, produced + 1)) - distinct
     health = _final_health(sub)
     record_figures("broker_restarts", {
-        "frames": frames, "restarts": restarts, "results_produced": produced, "results_received": len(seqs),
+        "model": "synthetic" if "synthetic" in agent.output() else "shipped", "frames": frames,
+        "restarts": restarts, "results_produced": produced, "results_received": len(seqs),
         "distinct": len(distinct), "duplicates": len(seqs) - len(distinct), "lost": len(lost),
         "mqtt_reconnects": health["mqtt"]["reconnects"], "mqtt_dropped": health["mqtt"]["dropped"],
         "frames_dropped_in_ring": health["frames"]["dropped"]})
