@@ -94,7 +94,8 @@ class Daemon:
         self.source = make_source(cfg.source)
         self.publisher = Publisher(cfg, self.stop)
         self.loop = InferenceLoop(self.ring, self.engine, self.pre, self.publisher.publish, cfg.mqtt.qos,
-                                  min(cfg.inference.batch_max, model.batch_max), self.stop, self.liveness.beat)
+                                  min(cfg.inference.batch_max, model.batch_max), self.stop, self.liveness.beat,
+                                  drop_stale=self.source.live)
         self.ota = OtaController(cfg, self.publisher, self.engine, self.stop)
         self.discovery = Discovery(cfg, self.publisher, self.stop, hw_version=platform.machine())
         self.health = HealthSampler(cfg.health.thermal_zone, {

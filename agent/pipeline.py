@@ -32,13 +32,14 @@ ResultSink = Callable[[str, bytes, int], None]
 class InferenceLoop:
     def __init__(self, ring: FrameRing, engine: Engine, pre: Preprocessor, sink: ResultSink,
                  qos: int, batch_max: int, stop: threading.Event,
-                 beat: Callable[[str], None] = lambda name: None) -> None:
+                 beat: Callable[[str], None] = lambda name: None, drop_stale: bool = True) -> None:
         self.ring, self.engine, self.pre, self.sink = ring, engine, pre, sink
         self.qos, self.batch_max, self.stop, self.beat = qos, batch_max, stop, beat
         self.boot_id = uuid.uuid4().hex[:16]
         self._encoder = ResultEncoder(self.boot_id)
         self.seq = 0  # result sequence number, monotonic per boot
         self.stale_dropped = 0
+        self._drop_stale = drop_stale
         self.last_digit: Optional[int] = None
         self.last_confidence: Optional[float] = None
         self._idx = np.zeros(batch_max, dtype=np.int64)
@@ -71,7 +72,7 @@ class InferenceLoop:
         m = 0
         for k in range(n):
             i = int(self._idx[k])
-            if now - int(ring.t_ns[i]) > engine.deadline_ns:
+            if self._drop_stale and now - int(ring.t_ns[i]) > engine.deadline_ns:
                 self.stale_dropped += 1  # too old to be useful: drop, don't infer late
                 continue
             self._keep[m] = i

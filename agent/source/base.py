@@ -22,6 +22,8 @@ class FrameSource(Protocol):
     """
 
     name: str
+    # A live source (sensor) drops frames that waited past their deadline; a file replay is lossless.
+    live: bool
 
     def run(self, ring: FrameRing, stop: threading.Event) -> None: ...
 

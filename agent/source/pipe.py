@@ -77,6 +77,7 @@ class PipeSource:
     """A :class:`~agent.source.base.FrameSource` reading raw ``cfg.width``×``cfg.height`` frames."""
 
     name = "pipe"
+    live = True
 
     def __init__(self, cfg: SourceConfig) -> None:
         self.path = cfg.path

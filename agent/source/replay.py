@@ -48,6 +48,7 @@ def _read_idx_images(data: bytes, p: Path) -> np.ndarray:
 
 class ReplaySource:
     name = "replay"
+    live = False
 
     def __init__(self, cfg: SourceConfig) -> None:
         self.frames = load_frames(cfg.path)

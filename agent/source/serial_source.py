@@ -34,6 +34,7 @@ class SerialSource:
     """A :class:`~agent.source.base.FrameSource` reading ``cfg.port`` at ``cfg.baudrate``."""
 
     name = "serial"
+    live = True
 
     def __init__(self, cfg: SourceConfig) -> None:
         self.port = cfg.port
