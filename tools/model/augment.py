@@ -35,8 +35,9 @@ def _affine(
     ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(rot_deg)
     s = scale[0] + torch.rand(n, generator=gen) * (scale[1] - scale[0])
     shear = (torch.rand(n, generator=gen) * 2 - 1) * 0.15
-    # affine_grid maps output coords to input coords in [-1, 1]; the inverse scale enlarges the digit.
-    k = (x.shape[-1] / out_side) / s
+    # affine_grid maps output coords to input coords in [-1, 1]: input = k * output, so the 28 px digit
+    # image appears s * 28 px wide in the out_side canvas when k = (out_side / 28) / s.
+    k = (out_side / x.shape[-1]) / s
     cos, sin = torch.cos(ang) * k, torch.sin(ang) * k
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin + shear * cos
