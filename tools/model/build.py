@@ -115,7 +115,8 @@ def _card_fields(
         },
         "quant_format": "QDQ" if best.variant.fmt == "qdq" else "QOperator",
         "activation_type": "uint8" if best.variant.activations == "u8" else "int8",
-        "weight_type": "int8 per-channel",
+        "weight_type": "int8 per-channel" + (" (7-bit range)" if best.variant.reduce_range else ""),
+        "quant_recipe": best.variant.tag,
         "training": {
             "seed": cfg.seed,
             "command": command,
@@ -143,7 +144,7 @@ def _build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     best, variants, prepped = pipeline.choose_variant(fp32, work, calib, ev, args)
     shipped, golden = args.out / "digit_int8.onnx", args.out / "golden.npz"
     shutil.copyfile(best.path, shipped)
-    metrics = pipeline.final_metrics(fp32, shipped, ev, variants, args.latency_runs)
+    metrics = pipeline.final_metrics(fp32, shipped, ev, variants, args.latency_runs, best.variant.tag)
     golden_idx = write_golden(golden, test_x, test_y, args.golden, args.seed)
     metrics["accuracy"]["golden_int8"] = pipeline.golden_accuracy(shipped, golden)
     fields = {
