@@ -46,8 +46,10 @@ class Broker:
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n{self.extra}")
         # As root, mosquitto would drop to its own user and could not write the log into pytest's
         # 0700 tmp dir; its default queue of 1000 would silently drop for a slow QoS 1 subscriber.
-        self.conf.write_text(f"persistence false\nuser root\nmax_queued_messages 1000000\n"
-                             f"log_dest file {self.log}\nlog_type all\n{body}\n")
+        defaults = {"persistence": "false", "user": "root", "max_queued_messages": "1000000"}
+        given = {line.split()[0] for line in body.splitlines() if line.strip()}
+        head = "".join(f"{k} {v}\n" for k, v in defaults.items() if k not in given)
+        self.conf.write_text(f"{head}log_dest file {self.log}\nlog_type all\n{body}\n")
 
     def start(self) -> Broker:
         self._write_conf()
