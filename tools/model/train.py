@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "t12"
-    epochs: int = 30
+    arch: str = "t12w"  # chosen on validation accuracy (t12: 99.28 %, t12w: see the model card)
+    epochs: int = 12
     batch_size: int = 256
     lr: float = 4e-3
     weight_decay: float = 1e-4
@@ -50,7 +50,7 @@ class TrainConfig:
     seed: int = 1
     val_size: int = 5000
     max_steps: int = 0  # > 0: stop early (smoke tests)
-    threads: int = 2
+    threads: int = 1  # bit-reproducible; on a shared 2-core box a second thread barely helps
 
 
 @dataclass
