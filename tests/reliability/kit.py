@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,7 +25,8 @@ from paho.mqtt.properties import Properties
 from tests.helpers.broker import Broker
 from tests.helpers.daemon import REPO
 
-__all__ = ["FULL", "DurableSubscriber", "NotifyListener", "models", "persistent_broker", "record_figures", "wait_until"]
+__all__ = ["FULL", "CuttableLink", "DurableSubscriber", "NotifyListener", "models", "persistent_broker",
+           "record_figures", "wait_until"]
 
 FULL = os.environ.get("DIGIT_AGENT_FULL") == "1"
 _CARD = {"version": 1, "normalisation": {"mean": 0.1307, "std": 0.3081}}
@@ -81,15 +83,15 @@ class DurableSubscriber:
     """MQTT 5 subscriber with a persistent session (clean_start off, 1 h expiry) that reconnects
     quickly: with :func:`persistent_broker` it receives everything published while it was away."""
 
-    def __init__(self, broker: Broker, topic: str, client_id: str = "reliability-sub") -> None:
+    def __init__(self, broker: Broker, *topics: str, client_id: str = "reliability-sub") -> None:
         self.broker = broker
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.payloads: dict[str, list[bytes]] = {}
         self.connects = 0
         self._subscribed = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.c.reconnect_delay_set(1, 2)
-        self._topic = topic
+        self._topics = topics
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_subscribe = lambda *a: self._subscribed.set()
@@ -105,18 +107,18 @@ class DurableSubscriber:
         # Subscribe only when the broker kept no session: a repeated SUBSCRIBE would replay
         # retained messages and make the counts ambiguous.
         if not rc.is_failure and not flags.session_present:
-            client.subscribe(self._topic, qos=1)
+            client.subscribe([(t, 1) for t in self._topics])
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
+        with self.lock:
             self.payloads.setdefault(msg.topic, []).append(bytes(msg.payload))
 
     def on(self, suffix: str) -> list[bytes]:
-        with self._lock:
+        with self.lock:
             return [p for t, ps in self.payloads.items() if t.endswith(suffix) for p in ps]
 
     def count(self, suffix: str) -> int:
-        with self._lock:
+        with self.lock:
             return sum(len(ps) for t, ps in self.payloads.items() if t.endswith(suffix))
 
     def wait(self, pred: Callable[[], bool], timeout: float) -> bool:
@@ -185,3 +187,65 @@ class NotifyListener:
         self._closed.set()
         self._thread.join(2.0)
         self.sock.close()
+
+
+class CuttableLink:
+    """A TCP relay between the daemon and the broker that can be cut (both directions dropped, new
+    connections refused) and restored: a network outage that leaves the broker and the test's
+    subscriber untouched, so messages the broker acknowledged are never lost behind the daemon."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.target = (broker.host, broker.port)
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.srv.settimeout(0.2)
+        self.port = int(self.srv.getsockname()[1])
+        self.up = threading.Event()
+        self.up.set()
+        self._closed = threading.Event()
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="link-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                a, _ = self.srv.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            if not self.up.is_set():
+                a.close()  # the network is down: connection refused (reset)
+                continue
+            b = socket.create_connection(self.target, timeout=5)
+            self._socks += [a, b]
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.up.clear()
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self._socks.clear()
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.cut()
+        self.srv.close()

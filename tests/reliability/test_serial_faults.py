@@ -110,19 +110,22 @@ def test_unplug_replug_cycles_lose_only_the_cut_frame(tmp_path: Any) -> None:
     cycles, per = 8, 25
     dev = SocketDevice()
     rx = Receiver(dev.url)
-    partial_bytes, seq = 0, 0
+    partial_bytes = sent_bytes = seq = 0
     unplugged: list[tuple[float, int]] = []
     try:
         for _ in range(cycles):
             full = b"\0" + b"".join(encode_frame(seq + k, FRAMES[(seq + k) % 64]) for k in range(per))
             cut = encode_frame(seq + per, FRAMES[0])[:300]  # unplugged in the middle of this frame
             partial_bytes += len(cut)
+            sent_bytes += len(full) + len(cut)
             n_open = len(unplugged) + 1
             unplugged.append((dev.session(full + cut, lambda: rx.source.opens >= n_open), seq + per + 1))  # noqa: B023
             seq += per + 1
             assert rx.wait_frames(per * len(unplugged), 120), rx.source.stats()
         dev.close()  # no more plug-ins: reopen attempts now fail
         assert rx.wait_frames(cycles * per)
+        # ... and the last cut frame has been read too (the reader may still be on its bytes).
+        assert wait_until(lambda: rx.source.decoder.bytes_in == sent_bytes, 60), rx.source.stats()
     finally:
         dev.close()
         st = rx.close()

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def test_soak_is_flat(tmp_path: Path) -> None:
     model, golden, which = models(tmp_path)
     frames = 1_000_000 if FULL else 100_000
-    soak.main(["--frames", str(frames), "--rate", "4000", "--interval", "1", "--model", str(model),
+    soak.main(["--frames", str(frames), "--rate", "8000", "--interval", "1", "--model", str(model),
                "--golden", str(golden), "--out", str(tmp_path), "--name", "soak", "--warmup-s", "15"])
     doc = json.loads((tmp_path / "soak.json").read_text())
     assert (tmp_path / "soak.png").stat().st_size > 0 and (tmp_path / "soak.csv").exists()
