@@ -108,3 +108,19 @@ def test_profile_summary_of_collapsed_stacks() -> None:
     assert s["self"][0] == ["infer (b.py:2)", 60.0]
     assert ["run (a.py:1)", 80.0] in s["inclusive"]
     assert summarise_raw("")["samples"] == 0
+
+
+def test_pi_estimate_scales_kernel_and_python_parts_separately() -> None:
+    from tools.bench.report import PI_FACTORS, pi_estimate
+
+    doc = {"frontier": {"rows": [{"name": "int8 deployed", "b1_p50_us": 50.0, "b1_cpu_us": 40.0}]},
+           "e2e": {"throughput_qos0": {"cpu_us_per_frame": 140.0}}}
+    rows = {r["board"]: r for r in pi_estimate(doc)}
+    assert set(rows) == set(PI_FACTORS)
+    for board, f in PI_FACTORS.items():
+        r = rows[board]
+        assert r["inference_cpu_us"] == round(40.0 * f["kernel"], 1)
+        assert r["daemon_cpu_us_per_frame"] == round(40.0 * f["kernel"] + 100.0 * f["python"], 1)
+    pi4, pi5 = rows["Raspberry Pi 4 (A72 1.8 GHz)"], rows["Raspberry Pi 5 (A76 2.4 GHz)"]
+    assert pi4["max_fps_one_core"] < pi5["max_fps_one_core"]
+    assert pi_estimate({}) == []

@@ -40,9 +40,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the frontier models")
     p.add_argument("--max-steps", type=int, default=0, help="cap training steps (smoke; accuracy meaningless)")
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the daemon")
+    p.add_argument("--report", type=Path, default=None, metavar="JSON",
+                   help="only rebuild the Markdown of an earlier result file (plots are kept)")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="override the daemon's self-test floor (only for a dev model)")
     args = p.parse_args(argv)
+    if args.report is not None:
+        return args
     if args.runs is None:
         args.runs = 2000 if args.quick else 20000
     if args.runs < 100:
@@ -103,9 +107,24 @@ def write(doc: dict[str, Any], out: Path) -> dict[str, Path]:
     return files
 
 
+def rebuild_markdown(path: Path) -> Path:
+    """Markdown (and target verdicts) again from a result JSON, e.g. after the report code changed."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["targets"] = report.targets(doc)
+    images = {k: f"{path.stem}-{suffix}.png" for k, suffix in (("frontier", "frontier"),
+                                                               ("latency histogram", "latency"))
+              if (path.parent / f"{path.stem}-{suffix}.png").exists()}
+    report.write_markdown(doc, path.with_suffix(".md"), images)
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+    return path.with_suffix(".md")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    if args.report is not None:
+        print(f"wrote {rebuild_markdown(args.report)}")
+        return 0
     doc = run(args)
     files = write(doc, args.out)
     if args.quick:

@@ -67,8 +67,24 @@ def _peak_live(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
     return peak
 
 
+def _conv_macs(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
+    """Multiply-accumulates of the Conv/QLinearConv nodes at batch 1 (output elements x kernel volume)."""
+    weights = {t.name: t for t in model.graph.initializer}
+    macs = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "QLinearConv"):
+            continue
+        w = weights.get(node.input[1] if node.op_type == "Conv" else node.input[3])
+        if w is None:
+            continue
+        elem = 4 if node.op_type == "Conv" else 1  # f32 vs 8-bit outputs
+        macs += sizes.get(node.output[0], 0) // elem * int(np.prod(w.dims[1:]))
+    return macs
+
+
 def graph_sizes(path: Path) -> dict[str, Any]:
-    """``file_bytes``, ``weight_bytes``, ``peak_activation_bytes``, ``largest_tensor_bytes``, ``nodes``."""
+    """``file_bytes``, ``weight_bytes``, ``peak_activation_bytes``, ``largest_tensor_bytes``, ``macs``,
+    ``nodes``, ``ops``."""
     model = onnx.load(str(path))
     sizes = _tensor_bytes(model)
     inits = {t.name for t in model.graph.initializer}
@@ -78,6 +94,7 @@ def graph_sizes(path: Path) -> dict[str, Any]:
         "weight_bytes": _weight_bytes(model),
         "peak_activation_bytes": _peak_live(model, act),
         "largest_tensor_bytes": max(act.values()) if act else 0,
+        "macs": _conv_macs(model, sizes),
         "nodes": len(model.graph.node),
         "ops": sorted({n.op_type for n in model.graph.node}),
     }

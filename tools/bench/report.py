@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["frontier_table", "plot_frontier", "plot_histogram", "targets", "write_markdown"]
+__all__ = ["PI_FACTORS", "frontier_table", "pi_estimate", "plot_frontier", "plot_histogram", "targets",
+           "write_markdown"]
 
 _KB = 1024
 
@@ -40,6 +41,36 @@ def frontier_table(frontier: dict[str, Any]) -> str:
     rows += [[s["name"], "published", s["accuracy"] * 100, float(s["file_kb"]), None, None, s["p50_us"], None,
               None, None, None, None, None, None, None] for s in frontier["seed_published"]]
     return _table(header, rows)
+
+
+# Slow-down of a Pi core vs the bench machine's core, per kind of work (assumptions, see
+# docs/benchmarks.md): "kernel" = int8 conv MAC throughput (peak MACs/cycle x clock: x86 AVX2
+# vpmaddubsw 64/cycle at the bench clock; A72 NEON without dot-product ~8/cycle at 1.8 GHz; A76
+# with SDOT/UDOT 32/cycle at 2.4 GHz); "python" = scalar single-thread speed (interpreter work:
+# preprocessing, JSON, MQTT, thread hand-offs), Pi 5 assumed 2x slower than the bench core and
+# Pi 4 a further 2.27x (published sysbench single-thread ratio Pi 5 / Pi 4: 1847 / 812 events/s).
+PI_FACTORS = {"Raspberry Pi 4 (A72 1.8 GHz)": {"kernel": 64 * 2.45 / (8 * 1.8), "python": 2.0 * 2.27},
+              "Raspberry Pi 5 (A76 2.4 GHz)": {"kernel": 64 * 2.45 / (32 * 2.4), "python": 2.0}}
+
+
+def pi_estimate(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-frame figures scaled to a Pi: ORT kernel time by MAC throughput, the rest by scalar speed."""
+    dep = _row(doc.get("frontier", {"rows": []}), "int8 deployed")
+    tput = (doc.get("e2e") or {}).get("throughput_qos0")
+    if not dep:
+        return []
+    kernel_us = float(dep["b1_cpu_us"])
+    frame_cpu = float(tput["cpu_us_per_frame"]) if tput else None
+    out = []
+    for board, f in PI_FACTORS.items():
+        inf = kernel_us * f["kernel"]
+        row: dict[str, Any] = {"board": board, "inference_p50_us": round(float(dep["b1_p50_us"]) * f["kernel"], 1),
+                               "inference_cpu_us": round(inf, 1)}
+        if frame_cpu is not None:
+            per_frame = inf + max(frame_cpu - kernel_us, 0.0) * f["python"]
+            row.update(daemon_cpu_us_per_frame=round(per_frame, 1), max_fps_one_core=round(1e6 / per_frame))
+        out.append(row)
+    return out
 
 
 def _row(frontier: dict[str, Any], name: str) -> Optional[dict[str, Any]]:
@@ -135,6 +166,12 @@ def write_markdown(doc: dict[str, Any], path: Path, images: dict[str, str]) -> s
                                        [[t["target"], f"{_fmt(t['value'])} {t['unit']}", f"{t['limit']} {t['unit']}",
                                          {True: "yes", False: "**no**", None: "not measured"}[t["met"]]]
                                         for t in doc["targets"]])]
+    pi = pi_estimate(doc)
+    if pi:
+        parts += ["\n## Raspberry Pi estimate (scaled, not measured)\n",
+                  _table(["board", "inference p50 µs", "inference CPU µs", "daemon CPU µs/frame", "max frames/s"],
+                         [[p["board"], p["inference_p50_us"], p["inference_cpu_us"], p.get("daemon_cpu_us_per_frame"),
+                           p.get("max_fps_one_core")] for p in pi])]
     parts += [f"\n![{k}]({v})\n" for k, v in images.items()]
     text = "\n".join(parts)
     path.write_text(text, encoding="utf-8")
