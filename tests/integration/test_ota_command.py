@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from agent.control.ota import store as store_mod
-from tests.helpers.broker import Broker
 from tests.helpers.ota import model_bytes
 from tests.helpers.ota_device import Bench, Device
 
@@ -18,21 +15,6 @@ pytestmark = pytest.mark.integration
 
 V2 = model_bytes("good", tag=2)
 INSTALL = b'{"cmd":"ota_install","version":"latest"}'
-
-
-@pytest.fixture
-def bench(tmp_path: Path, broker: Broker) -> Iterator[Bench]:
-    b = Bench(tmp_path, broker)
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def device(bench: Bench) -> Iterator[Device]:
-    d = Device(bench.cfg_path)
-    bench.wait_state(None, ("idle",), 20)
-    yield d
-    d.stop()
 
 
 def test_install_without_an_update_says_so(bench: Bench, device: Device) -> None:

@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,21 +21,6 @@ from tests.helpers.ota_device import Bench, Device
 pytestmark = pytest.mark.integration
 
 V2 = model_bytes("good", tag=2)
-
-
-@pytest.fixture
-def bench(tmp_path: Path, broker: Broker) -> Iterator[Bench]:
-    b = Bench(tmp_path, broker)
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def device(bench: Bench) -> Iterator[Device]:
-    d = Device(bench.cfg_path)
-    bench.wait_state(None, ("idle",), 20)
-    yield d
-    d.stop()
 
 
 def _serving_continuously(bench: Bench, device: Device, min_results: int = 20) -> list[dict[str, Any]]:
