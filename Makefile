@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest clean fuzz reliability soak
 
 demo:                       ## install into .venv, start a broker, the daemon, and a live subscriber
 	tools/bootstrap.sh runtime
@@ -25,3 +25,14 @@ include tools/model/Makefile   # model: rebuild models/ from MNIST (train, expor
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+fuzz:                       ## coverage-guided fuzzing (atheris), FUZZ_TIME s per target; bench/results/fuzz-*.json
+	$(VENV)/bin/pip install -q atheris
+	$(PY) -m tools.fuzz.run --time $(or $(FUZZ_TIME),60)
+
+reliability:                ## full-size faults + 1 M-frame soak; figures in bench/results/reliability-*.jsonl
+	DIGIT_AGENT_FULL=1 DIGIT_AGENT_FIGURES=bench/results/reliability-$$(date +%Y%m%d-%H%M%S).jsonl \
+	  $(PY) -m pytest tests/reliability -q -s
+
+soak:                       ## 1 M frames through the daemon; bench/results/soak-<date>.{csv,json,png}
+	$(PY) -m tools.soak --frames 1000000
