@@ -24,8 +24,8 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
         [
             "--out", str(out), "--work", str(tmp_path / "work"),
             "--epochs", "10", "--max-steps", "200", "--train-subset", "6000", "--test-subset", "1000",
-            "--methods", "minmax", "--calib-images", "1000", "--latency-runs", "100", "--golden", "300",
-            "--no-sensitivity", "--threads", "1",
+            "--methods", "minmax", "--recipes", "qoperator:u8:r7", "--calib-images", "1000",
+            "--latency-runs", "100", "--golden", "300", "--no-sensitivity", "--threads", "1",
         ]
     )  # fmt: skip
     elapsed = time.monotonic() - t0

@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--calib-images", type=int, default=2000)
     p.add_argument("--methods", default="minmax,entropy,percentile")
+    p.add_argument("--recipes", default=pipeline.ALL_RECIPES, help="format:activations[:r7] list to compare")
     p.add_argument("--latency-runs", type=int, default=3000)
     p.add_argument("--max-bytes", type=int, default=16 * 1024, help="size budget for the shipped model")
     p.add_argument("--golden", type=int, default=400)

@@ -21,6 +21,7 @@ from tools.model.sensitivity import layer_sqnr, one_layer_at_a_time
 from tools.model.train import Split
 
 __all__ = [
+    "ALL_RECIPES",
     "Candidate",
     "Evaluation",
     "calibration_set",
@@ -28,6 +29,7 @@ __all__ = [
     "final_metrics",
     "golden_accuracy",
     "min_ort",
+    "parse_recipes",
     "sensitivity",
 ]
 
@@ -106,6 +108,18 @@ def _eval_variant(
     return path, row
 
 
+ALL_RECIPES = "qoperator:u8,qoperator:s8,qdq:u8,qdq:s8,qoperator:u8:r7,qdq:u8:r7"
+
+
+def parse_recipes(spec: str) -> list[tuple[str, str, bool]]:
+    """'fmt:act[:r7],...' -> [(fmt, act, reduce_range)], e.g. 'qoperator:u8:r7'."""
+    out = []
+    for item in spec.split(","):
+        parts = item.strip().split(":")
+        out.append((parts[0], parts[1], len(parts) > 2 and parts[2] == "r7"))
+    return out
+
+
 def choose_variant(
     fp32: Path, work: Path, calib: np.ndarray, ev: Evaluation, args: argparse.Namespace
 ) -> tuple[Candidate, list[dict[str, Any]], Path]:
@@ -115,8 +129,7 @@ def choose_variant(
     ref_val = predict_onnx(session(fp32), ev.x_val)
     rows: list[dict[str, Any]] = []
     best: tuple[tuple[float, float, float], Candidate] | None = None
-    recipes = [(fmt, act, False) for fmt in ("qoperator", "qdq") for act in ("u8", "s8")]
-    recipes += [(fmt, "u8", True) for fmt in ("qoperator", "qdq")]
+    recipes = parse_recipes(args.recipes)
     for method in args.methods.split(","):
         for fmt, act, r7 in recipes:
             v = QuantVariant(method, fmt, act, r7)
