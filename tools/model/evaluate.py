@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from agent.inference.model import session_options
 from agent.preprocess import Preprocessor
 from tools.model.augment import preprocess_frames, synth_frames
 
@@ -35,15 +36,8 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
 
 
 def latency_session(path: Path) -> ort.InferenceSession:
-    """The daemon's configuration: one thread, sequential, all graph optimisations, no spinning."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    """The daemon's own session configuration, so measured latency is what the device sees."""
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def probs_onnx(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
