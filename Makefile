@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck pytest clean fuzz reliability soak
+.PHONY: demo test lint typecheck pytest clean fuzz reliability soak bench bench-quick
 
 demo:                       ## install into .venv, start a broker, the daemon, and a live subscriber
 	tools/bootstrap.sh runtime
@@ -36,3 +36,9 @@ reliability:                ## full-size faults + 1 M-frame soak; figures in ben
 
 soak:                       ## 1 M frames through the daemon; bench/results/soak-<date>.{csv,json,png}
 	$(PY) -m tools.soak --frames 1000000
+
+bench:                      ## full benchmark (~15-30 min): model frontier + daemon end to end -> bench/results/
+	$(PY) -m tools.bench --out bench/results
+
+bench-quick:                ## smoke benchmark (<= 3 min, CI runs it too): shipped model, short runs -> build/bench/
+	$(PY) -m tools.bench --quick --out build/bench

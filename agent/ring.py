@@ -66,6 +66,7 @@ class FrameRing:
         self._cond = threading.Condition(self._lock)
         self.committed = 0
         self.dropped_oldest = 0
+        self._producer_waiting = False
 
     # -- producer ---------------------------------------------------------------------------
     def acquire(self) -> int:
@@ -86,7 +87,9 @@ class FrameRing:
             while not self._free.size:
                 if stop.is_set():
                     return None
+                self._producer_waiting = True
                 self._cond.wait(timeout)
+                self._producer_waiting = False
             return self._free.pop()
 
     def commit(self, idx: int, height: int, width: int, frame_seq: int, t_ns: int,
@@ -121,7 +124,8 @@ class FrameRing:
         with self._cond:
             for k in range(n):
                 self._free.push(int(idxs[k]))
-            self._cond.notify_all()
+            if self._producer_waiting:  # only a lossless producer ever waits for a free slot
+                self._cond.notify_all()
 
     def view(self, idx: int) -> np.ndarray:
         """The committed frame (or its region of interest) in slot ``idx``, without copying."""

@@ -107,9 +107,15 @@ class Engine:
 
     # -- watchdog thread ----------------------------------------------------------------------
     def watchdog(self) -> None:
-        """Thread body: terminate a run stuck ``watchdog_factor`` deadlines long."""
+        """Thread body: terminate a run stuck ``watchdog_factor`` deadlines long.
+
+        Polls at a quarter of the abort time while batches flow; idle, it wakes only 4 times a
+        second (idle CPU), so a run that hangs right after an idle spell is caught ≤ 0.25 s later."""
         period = max(self._abort_after_ns / 4e9, 0.001)
-        while not self._stop.wait(period):
+        idle_period = max(period, 0.25)
+        seen = -1
+        while not self._stop.wait(period if self.batches != seen or self._started_ns else idle_period):
+            seen = self.batches
             started = self._started_ns
             if started and time.monotonic_ns() - started > self._abort_after_ns:
                 self._run_options.terminate = True
