@@ -10,10 +10,13 @@ VENV=${VENV:-.venv}
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
 apt_install() {
-  # Only when we can (root with apt); otherwise say what is missing and carry on.
+  # Arguments are package:command pairs; a package is installed only when its command is missing,
+  # and only when we can (root with apt). Otherwise say what is missing and carry on.
   local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  for pair in "$@"; do have "${pair#*:}" || missing+=("${pair%%:*}"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} (apt)"
@@ -25,9 +28,10 @@ apt_install() {
 }
 
 if [ "$want" = dev ]; then
-  apt_install mosquitto mosquitto-clients ffmpeg systemd npm || true
+  apt_install mosquitto:mosquitto mosquitto-clients:mosquitto_sub ffmpeg:ffmpeg systemd:systemd-analyze \
+              npm:npm openssl:openssl || true
 else
-  apt_install mosquitto mosquitto-clients || true
+  apt_install mosquitto:mosquitto mosquitto-clients:mosquitto_sub || true
 fi
 # A distribution's mosquitto service would hold port 1883; tests use their own ports anyway.
 
