@@ -26,7 +26,7 @@ __all__ = ["SerialSource"]
 
 log = logging.getLogger(__name__)
 
-_READ_TIMEOUT_S = 0.1  # bounds how long a quiet port delays noticing ``stop``
+_READ_TIMEOUT_S = 0.5  # a read returns as soon as a byte arrives; the timeout only bounds noticing stop (idle CPU)
 _MAX_READ = 65536
 
 
