@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.broker import Broker
+from tests.helpers.notify import NotifyListener
 from tests.helpers.pty_pair import PtyPair
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,3 +30,13 @@ def pty_pair() -> Iterator[PtyPair]:
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[NotifyListener]:
+    """A fake systemd notification socket (``NOTIFY_SOCKET``)."""
+    lst = NotifyListener()
+    try:
+        yield lst
+    finally:
+        lst.close()

@@ -97,12 +97,18 @@ class Collector:
     """Subscribes to ``topics`` and keeps every message; ``wait_for`` polls with a timeout."""
 
     def __init__(self, broker: Broker, *topics: str, client_id: str = "", qos: int = 1,
-                 **connect: Any) -> None:
+                 persistent: bool = False, **connect: Any) -> None:
+        """``persistent``: an MQTT 3.1.1 session with clean_session=False, which survives a broker
+        restart when the broker persists sessions (nothing published meanwhile is lost to it)."""
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
+        if persistent:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                                      clean_session=False)
+            self.client.reconnect_delay_set(1, 2)
+        else:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if connect.get("username"):
             self.client.username_pw_set(connect["username"], connect.get("password"))
         self._topics = topics

@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config.schema import Config, DeviceConfig, MqttConfig
 from agent.publish import Publisher
@@ -39,29 +37,12 @@ def stop_event() -> threading.Event:
     return threading.Event()
 
 
-def _seqs(col: Collector | PersistentSubscriber, suffix: str = "/result") -> list[int]:
+def _seqs(col: Collector, suffix: str = "/result") -> list[int]:
     return [int(json.loads(m.payload)["seq"]) for m in col.on(suffix)]
 
 
-class PersistentSubscriber(Collector):
-    """A subscriber whose session (MQTT 3.1.1, clean_session=False) survives a broker restart when
-    the broker persists sessions, so nothing published while it reconnects is lost to it."""
-
-    def __init__(self, broker: Broker, topic: str, client_id: str) -> None:
-        self.messages = []
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
-                                  clean_session=False)
-        self._topics, self._qos = (topic,), 1
-        self.client.reconnect_delay_set(1, 2)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.connect(broker.host, broker.port, keepalive=30)
-        self.client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError("subscriber could not subscribe")
+def PersistentSubscriber(broker: Broker, topic: str, client_id: str) -> Collector:
+    return Collector(broker, topic, client_id=client_id, persistent=True)
 
 
 @pytest.fixture
@@ -162,7 +143,7 @@ def test_last_will_offline_when_the_process_is_killed(broker: Broker) -> None:
 def test_broker_restart_during_qos1_stream_loses_nothing(persistent_broker: Broker,
                                                          stop_event: threading.Event) -> None:
     b = persistent_broker
-    sub = PersistentSubscriber(b, "digit-agent/dev1/result", "restart-sub")
+    sub = Collector(b, "digit-agent/dev1/result", client_id="restart-sub", persistent=True)
     pub = Publisher(make_cfg(b.host, b.port), stop_event)
     pub.start()
     n = 4000
@@ -191,7 +172,7 @@ def test_broker_restart_during_qos1_stream_loses_nothing(persistent_broker: Brok
 def test_outage_longer_than_outbox_keeps_the_newest_and_counts_drops(persistent_broker: Broker,
                                                                      stop_event: threading.Event) -> None:
     b = persistent_broker
-    sub = PersistentSubscriber(b, "digit-agent/dev1/result", "outage-sub")
+    sub = Collector(b, "digit-agent/dev1/result", client_id="outage-sub", persistent=True)
     cap, before, during = 100, 50, 1000
     pub = Publisher(make_cfg(b.host, b.port, outbox_max=cap), stop_event)
     pub.start()

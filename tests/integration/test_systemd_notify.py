@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,20 +22,11 @@ import pytest
 from tests.helpers.broker import Broker
 from tests.helpers.daemon import AgentProcess, write_config
 from tests.helpers.models import make_model
-from tests.unit.test_sdnotify import NotifyListener
+from tests.helpers.notify import NotifyListener
 
 pytestmark = pytest.mark.integration
 
 WATCHDOG_USEC = 2_000_000  # pings every 1 s; the daemon calls loops stale after max(2 s, 2 s)
-
-
-@pytest.fixture
-def listener() -> Iterator[NotifyListener]:
-    lst = NotifyListener()
-    try:
-        yield lst
-    finally:
-        lst.close()
 
 
 def _config(tmp_path: Path, broker: Broker, kind: str = "ok") -> Path:

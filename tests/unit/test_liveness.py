@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Optional
-
-import pytest
 
 from agent.service.liveness import Liveness
 from agent.service.sdnotify import Notifier
 from agent.service.watchdog_pinger import WatchdogPinger
-from tests.unit.test_sdnotify import NotifyListener
+from tests.helpers.notify import NotifyListener
 
 
 class FakeClock:
@@ -48,15 +46,6 @@ class SteppedStop:
         if len(self.waits) >= self.rounds:
             self._set = True
         return self._set
-
-
-@pytest.fixture
-def listener() -> Iterator[NotifyListener]:
-    lst = NotifyListener()
-    try:
-        yield lst
-    finally:
-        lst.close()
 
 
 def _notifier(listener: NotifyListener, watchdog_usec: int) -> Notifier:
