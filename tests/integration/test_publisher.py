@@ -41,10 +41,6 @@ def _seqs(col: Collector, suffix: str = "/result") -> list[int]:
     return [int(json.loads(m.payload)["seq"]) for m in col.on(suffix)]
 
 
-def PersistentSubscriber(broker: Broker, topic: str, client_id: str) -> Collector:
-    return Collector(broker, topic, client_id=client_id, persistent=True)
-
-
 @pytest.fixture
 def persistent_broker(tmp_path: Path) -> Iterator[Broker]:
     """mosquitto that saves sessions and queued messages across restart (restart keeps the port)."""
