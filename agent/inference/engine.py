@@ -8,9 +8,8 @@ import time
 from typing import Optional
 
 import numpy as np
-import onnxruntime as ort
 
-from agent.inference.model import LoadedModel
+from agent.inference.model import LoadedModel, run_options
 
 __all__ = ["Engine", "InferenceAborted", "LatencyWindow"]
 
@@ -55,7 +54,7 @@ class Engine:
         self._stop = stop
         self._pending: Optional[LoadedModel] = None
         self._swap_lock = threading.Lock()
-        self._run_options = ort.RunOptions()
+        self._run_options = run_options()  # terminate() is set on it by the watchdog
         self._started_ns = 0  # monotonic start of the run in progress, 0 when idle
         self.latency = LatencyWindow()
         self.inferences = 0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agent.inference import Engine, InferenceAborted, LoadedModel, ModelError
+from agent.inference.model import run_options
 from tests.helpers.models import make_model
 
 
@@ -78,3 +79,12 @@ def test_swap_applies_between_batches(tmp_path: Path) -> None:
     assert eng.model is a  # not before the inference thread says so
     assert eng.apply_swap() is a and eng.model is b and eng.swaps == 1
     assert eng.apply_swap() is None
+
+
+def test_hot_path_run_options_name_the_graph_id(tmp_path: Path) -> None:
+    # Without the entry, onnxruntime's Python run_with_iobinding takes an exception path per call
+    # (~28 µs); the engine and LoadedModel.run must both use options that carry it.
+    m = LoadedModel.load(make_model(tmp_path / "m.onnx"), card={})
+    eng = Engine(m, 5.0, 20.0, threading.Event())
+    for ro in (run_options(), m._run_options, eng._run_options):
+        assert ro.get_run_config_entry("gpu_graph_id") == "0"
