@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ from tests.helpers.models import make_model
 from tools.bench.graph import graph_sizes
 from tools.bench.machine import machine_info, summarise_us
 from tools.bench.report import plot_frontier, plot_histogram, targets
+from tools.bench.zoo import recipe_from_card
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_graph_sizes_of_a_known_graph(tmp_path: Path) -> None:
@@ -35,6 +39,12 @@ def test_summarise_us_percentiles() -> None:
 def test_machine_info_names_cpu_and_runtime() -> None:
     m = machine_info()
     assert m["cpu_model"] and m["cpu_count"] >= 1 and m["onnxruntime"]
+    assert m["git"] is None or len(m["git"].split("+")[0]) == 12
+
+
+def test_bench_int8_rows_use_the_shipped_recipe_exactly() -> None:
+    card = json.loads((REPO / "models" / "digit_int8.card.json").read_text())
+    assert recipe_from_card(card).tag == card["quant_recipe"]
 
 
 def _doc(p50: float, b1_cpu: float, b4_cpu: float, fps: float, idle: float) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +67,21 @@ def machine_info() -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
         "load_average_start": load_average(),
+        "git": git_revision(),
     }
+
+
+def git_revision() -> str | None:
+    """The commit the figures were measured on, ``+dirty`` when the tree had uncommitted changes."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
 
 
 def summarise_us(ns: Sequence[int] | np.ndarray) -> dict[str, float | int]:
