@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import queue
+import threading
+import time
 
 import pytest
 
 from tools.fleet.plan import RolloutState, classify, make_stages
+from tools.fleet.rollout import _Runner
 from tools.fleet.view import FleetView, render_table
 
 IDS = [f"d{i:02d}" for i in range(20)]
@@ -93,3 +97,29 @@ def test_view_counts_malformed_messages_and_keeps_going() -> None:
     assert v.handle("p/a/ota/status", b"[1]", 1.0) is None
     assert v.bad_messages == 3
     assert v.handle("p/a/status", b"online", 1.0) == "a"
+
+
+def test_stage_timeout_fires_while_devices_keep_reporting_progress() -> None:
+    # A device stuck downloading reports progress every 0.5 s: the stage must still time out.
+    st = RolloutState(job="j", version=2, model_sha256="x", stages=[["a", "b"]], max_failures=0)
+    st.sent = {"a": time.time(), "b": time.time()}
+    st.stage_started = {"0": time.time()}
+    runner = object.__new__(_Runner)  # no broker: feed its event queue directly
+    runner.state, runner.events = st, queue.Queue()
+    runner.save = lambda: None  # type: ignore[method-assign]
+    stop = threading.Event()
+
+    def chatter() -> None:
+        while not stop.is_set():
+            runner.events.put(("a", {"state": "downloading", "job": "j", "progress": 0.3}))
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=chatter, daemon=True)
+    waiter = threading.Thread(target=runner.wait_stage, args=(1.0,), daemon=True)
+    feeder.start()
+    waiter.start()
+    waiter.join(10)
+    stop.set()
+    feeder.join(2)
+    assert not waiter.is_alive()
+    assert st.outcome == {"a": "timeout", "b": "timeout"}

@@ -157,22 +157,27 @@ class _Runner:
     def wait_stage(self, timeout_s: float) -> None:
         s = self.state
         while s.pending():
+            # Checked on every pass: devices stuck downloading report progress every 0.5 s, so
+            # "no message for a while" never comes and cannot be what triggers the timeout.
+            if s.time_out(time.time(), timeout_s):
+                self.save()
+                continue
             try:
                 dev, doc = self.events.get(timeout=0.5)
             except queue.Empty:
-                if s.time_out(time.time(), timeout_s):
-                    self.save()
                 continue
             out = s.record(dev, doc)
             if out is not None:
                 _log.info("%s: %s %s", dev, out, s.reason.get(dev, ""))
                 self.save()  # on a canary failure keep waiting: a canary that commits must be rolled back
 
-    def drain(self) -> None:
-        """Apply the status messages that arrived so far (retained ones after a resume)."""
-        while True:
+    def drain(self, quiet_s: float = 1.0, limit_s: float = 10.0) -> None:
+        """Apply the status messages that arrived so far (retained ones after a resume): until none
+        came for ``quiet_s``, at most ``limit_s`` (a chatty fleet never goes quiet)."""
+        end = time.monotonic() + limit_s
+        while time.monotonic() < end:
             try:
-                dev, doc = self.events.get(timeout=1.0)
+                dev, doc = self.events.get(timeout=quiet_s)
             except queue.Empty:
                 return
             self.state.record(dev, doc)
