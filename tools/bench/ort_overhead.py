@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-    result = {"model": str(args.model), "machine": machine_info(), "batch1": measure(args.model)}
-    for name, s in result["batch1"].items():
+    batch1 = measure(args.model)
+    result = {"model": str(args.model), "machine": machine_info(), "batch1": batch1}
+    for name, s in batch1.items():
         print(f"{name:28s} p50 {s['p50_us']:8.1f} µs   p99 {s['p99_us']:8.1f} µs")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"ort-overhead-{date.today().isoformat()}.json"
