@@ -123,7 +123,8 @@ def test_profile_summary_of_collapsed_stacks() -> None:
 def test_pi_estimate_scales_kernel_and_python_parts_separately() -> None:
     from tools.bench.report import PI_FACTORS, pi_estimate
 
-    doc = {"frontier": {"rows": [{"name": "int8 deployed", "b1_p50_us": 50.0, "b1_cpu_us": 40.0}]},
+    # One int8 row: all of its inference CPU counts as MAC work.
+    doc = {"frontier": {"rows": [{"name": "int8 deployed", "b1_p50_us": 50.0, "b1_cpu_us": 40.0, "macs": 10**6}]},
            "e2e": {"throughput_qos0": {"cpu_us_per_frame": 140.0}}}
     rows = {r["board"]: r for r in pi_estimate(doc)}
     assert set(rows) == set(PI_FACTORS)
@@ -134,3 +135,17 @@ def test_pi_estimate_scales_kernel_and_python_parts_separately() -> None:
     pi4, pi5 = rows["Raspberry Pi 4 (A72 1.8 GHz)"], rows["Raspberry Pi 5 (A76 2.4 GHz)"]
     assert pi4["max_fps_one_core"] < pi5["max_fps_one_core"]
     assert pi_estimate({}) == []
+
+
+def test_pi_estimate_separates_fixed_cost_from_mac_work() -> None:
+    from tools.bench.report import PI_FACTORS, pi_estimate
+
+    # int8 rows on the line µs = 30 + 10 per M MACs: the deployed (2 M MACs) = 30 fixed + 20 MAC.
+    rows = [{"name": "int8 deployed", "b1_p50_us": 50.0, "b1_cpu_us": 50.0, "macs": 2 * 10**6},
+            {"name": "int8 tiny", "b1_p50_us": 31.0, "b1_cpu_us": 31.0, "macs": 10**5},
+            {"name": "int8 big", "b1_p50_us": 70.0, "b1_cpu_us": 70.0, "macs": 4 * 10**6},
+            {"name": "fp32 big", "b1_p50_us": 9.0, "b1_cpu_us": 9.0, "macs": 4 * 10**6}]
+    for r in pi_estimate({"frontier": {"rows": rows}}):
+        f = PI_FACTORS[r["board"]]
+        assert (r["fixed_cpu_us"], r["mac_cpu_us"]) == (30.0, 20.0)
+        assert r["inference_cpu_us"] == round(30.0 * f["python"] + 20.0 * f["kernel"], 1)

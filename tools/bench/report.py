@@ -53,19 +53,40 @@ PI_FACTORS = {"Raspberry Pi 4 (A72 1.8 GHz)": {"kernel": 64 * 2.45 / (8 * 1.8), 
               "Raspberry Pi 5 (A76 2.4 GHz)": {"kernel": 64 * 2.45 / (32 * 2.4), "python": 2.0}}
 
 
+def _int8_cost_split(rows: Sequence[dict[str, Any]], dep: dict[str, Any]) -> tuple[float, float]:
+    """The deployed model's batch-1 CPU µs as (fixed per-run part, part proportional to conv MACs),
+    from a least-squares line through the int8 rows (µs = a + b·MACs). ORT's per-run and per-node
+    costs are interpreter-like work, not MAC throughput, so they must not scale with MAC peaks.
+    With fewer than two int8 rows of different size (quick mode) everything counts as MAC work."""
+    pts = [(float(r["macs"]), float(r["b1_cpu_us"])) for r in rows
+           if r["name"].startswith("int8") and r.get("mode") != "naive" and r.get("macs") and r.get("b1_cpu_us")]
+    total = float(dep["b1_cpu_us"])
+    if len({m for m, _ in pts}) < 2:
+        return 0.0, total
+    macs, us = np.array([m for m, _ in pts]), np.array([u for _, u in pts])
+    slope = max(float(np.polyfit(macs, us, 1)[0]), 0.0)
+    mac_part = min(slope * float(dep["macs"]), total)
+    return total - mac_part, mac_part
+
+
 def pi_estimate(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-frame figures scaled to a Pi: ORT kernel time by MAC throughput, the rest by scalar speed."""
-    dep = _row(doc.get("frontier", {"rows": []}), "int8 deployed")
+    """Per-frame figures scaled to a Pi: the MAC-proportional part of inference by MAC throughput,
+    ORT's fixed per-run cost and the daemon's Python work by scalar speed."""
+    frontier = doc.get("frontier", {"rows": []})
+    dep = _row(frontier, "int8 deployed")
     tput = (doc.get("e2e") or {}).get("throughput_qos0")
     if not dep:
         return []
-    kernel_us = float(dep["b1_cpu_us"])
+    fixed_us, mac_us = _int8_cost_split(frontier["rows"], dep)
+    kernel_us = fixed_us + mac_us
     frame_cpu = float(tput["cpu_us_per_frame"]) if tput else None
+    wall_per_cpu = float(dep["b1_p50_us"]) / kernel_us if kernel_us else 1.0
     out = []
     for board, f in PI_FACTORS.items():
-        inf = kernel_us * f["kernel"]
-        row: dict[str, Any] = {"board": board, "inference_p50_us": round(float(dep["b1_p50_us"]) * f["kernel"], 1),
-                               "inference_cpu_us": round(inf, 1)}
+        inf = fixed_us * f["python"] + mac_us * f["kernel"]
+        row: dict[str, Any] = {"board": board, "inference_p50_us": round(inf * wall_per_cpu, 1),
+                               "inference_cpu_us": round(inf, 1), "fixed_cpu_us": round(fixed_us, 1),
+                               "mac_cpu_us": round(mac_us, 1)}
         if frame_cpu is not None:
             per_frame = inf + max(frame_cpu - kernel_us, 0.0) * f["python"]
             row.update(daemon_cpu_us_per_frame=round(per_frame, 1), max_fps_one_core=round(1e6 / per_frame))
