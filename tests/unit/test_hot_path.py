@@ -55,5 +55,7 @@ def test_hot_path_allocates_nothing_per_frame(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert sent[0] == 14000
     assert after - before < 4096, f"traced memory grew by {after - before} bytes over 10,000 frames"
-    assert peak - before < 16384, f"peak rose {peak - before} bytes above the steady state"
+    # ~2 KB: ufunc iterator scratch and one batch's result payloads. Any frame-sized float32
+    # temporary (a 20x20 box: 1.6 KB; the 28x28 input: 3.1 KB) would cross this.
+    assert peak - before < 3072, f"peak rose {peak - before} bytes above the steady state"
 

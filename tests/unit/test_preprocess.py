@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 
 import numpy as np
@@ -191,20 +190,5 @@ def test_no_allocation_per_call(pre: Preprocessor) -> None:
     finally:
         tracemalloc.stop()
     assert after - before < 1024, f"grew by {after - before} bytes over 1000 calls"
-    assert peak - before < 8 * 1024, f"transient peak {peak - before} bytes"
-
-
-def test_speed_28x28(pre: Preprocessor, record_property: object) -> None:
-    """Hot-path budget: well under 100 us per 28x28 frame on x86 (CI bound kept loose for load)."""
-    frame, out = _digit(9), np.empty((1, 28, 28), np.float32)
-    for _ in range(200):
-        pre(frame, out)
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(1000):
-            pre(frame, out)
-        best = min(best, (time.perf_counter() - t0) * 1000.0)  # us per call (1000 calls, ms total)
-    if callable(record_property):
-        record_property("preprocess_us_28x28", best)
-    assert best < 500.0
+    # ~2 KB of ufunc iterator scratch per call; a 20x20 float32 temporary (1.6 KB) would cross this.
+    assert peak - before < 3072, f"transient peak {peak - before} bytes"
