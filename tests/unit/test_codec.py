@@ -279,7 +279,9 @@ def test_no_allocation_per_frame() -> None:
         tracemalloc.stop()
     assert dec.frames_ok == 50 * 201
     assert after - before < 4096, (before, after)
-    assert peak - before < 64 * 1024  # transient objects only, never a growing buffer
+    # ~2 KB of transient views and ints. A copy of a whole read chunk would cross this; a per-frame
+    # copy smaller than that scratch does not move the peak (peaks do not add up over time).
+    assert peak - before < 2560, f"transient peak {peak - before} B"
 
 
 _OPS = st.lists(st.tuples(st.sampled_from(["frame", "frame", "garbage", "flip", "cut"]),
