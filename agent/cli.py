@@ -22,14 +22,23 @@ EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    # --log-level is accepted before and after the command (``digit-agent run --log-level DEBUG``).
+    # The commands' copy (a parent parser) defaults to SUPPRESS: it sets the value only when given,
+    # so it never resets one given before the command. Separate actions on purpose: parents share
+    # theirs, and a default set on one would leak into the other.
+    def log_level(parser: argparse.ArgumentParser, default: str) -> None:
+        parser.add_argument("--log-level", default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                            help="logging level (default INFO)")
+
+    common = argparse.ArgumentParser(add_help=False)
+    log_level(common, argparse.SUPPRESS)
     p = argparse.ArgumentParser(prog="digit-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   help="logging level (default INFO)")
+    log_level(p, "INFO")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(name: str, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[common])
         sp.add_argument("--config", "-c", default="config.toml", help="config file (default: config.toml)")
         sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one key (repeatable); also DIGIT_AGENT__SECTION__KEY=VALUE")
@@ -38,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     with_config("run", "run the daemon: read frames, infer, publish over MQTT")
     with_config("check-config", "validate a config file; exit 0 if valid, 2 if not")
     with_config("selftest", "load the model, run the golden set, print accuracy and latency")
-    sub.add_parser("version", help="print the version", description="print the version")
+    sub.add_parser("version", help="print the version", description="print the version", parents=[common])
     return p
 
 

@@ -2,7 +2,8 @@
 
 Threads (see docs/architecture.md): main = inference loop; ``source`` fills the ring;
 ``watchdog`` terminates stuck runs; ``health`` publishes telemetry; the publisher's network and
-dispatch threads; the OTA worker; ``sd-watchdog`` pings systemd while the others make progress.
+dispatch threads; the OTA worker; ``sd-watchdog`` pings systemd while the inference, health and mqtt
+loops make progress (``Liveness``; the source is not watched: a silent line is no hang).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self.threads: list[threading.Thread] = []
         self.pinger: Optional[WatchdogPinger] = None
+        self._signal: Optional[int] = None  # set by the SIGTERM/SIGINT handler
 
     # -- start-up -----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -137,6 +139,8 @@ class Daemon:
         log.info("digit-agent %s serving device %s from %s source", __version__, self.cfg.device.id,
                  self.cfg.source.type)
         self.loop.run()
+        if self._signal is not None:
+            log.info("signal %s: shutting down", signal.Signals(self._signal).name)
         return self._shutdown()
 
     def _run_source(self) -> None:
@@ -180,15 +184,22 @@ class Daemon:
 
     def _install_signals(self) -> None:
         def handler(signum: int, frame: Optional[FrameType]) -> None:
-            log.info("signal %s: shutting down", signal.Signals(signum).name)
-            self.stop.set()
-            self.ring_wake()
+            # Runs on the main thread, which is the inference loop, between two of its bytecodes —
+            # possibly while it holds the ring's (or the logging) lock. So: no ring.wake(), no
+            # logging here; take() times out within 0.5 s and the loop sees ``stop`` then.
+            # (Event.set takes the event's own lock; the main thread only polls stop.is_set(),
+            # never waits on it, outside the DIGIT_AGENT_TEST_HANG_AFTER hook. A repeated signal,
+            # e.g. during the shutdown flush, does not even take that lock.)
+            self._signal = signum
+            if not self.stop.is_set():
+                self.stop.set()
 
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, handler)
             signal.signal(signal.SIGINT, handler)
 
     def ring_wake(self) -> None:
+        """Wake the inference loop blocked in ``take`` (tests; never from a signal handler)."""
         ring = getattr(self, "ring", None)
         if ring is not None:
             ring.wake()

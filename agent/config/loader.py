@@ -105,6 +105,8 @@ class _KeyLines:
                 self._where.setdefault((*table, m.group(1)), n)
 
     def find(self, keypath: tuple[str, ...]) -> Optional[int]:
+        if keypath:  # an array item (``ota.groups[1]``) stands on its array's line
+            keypath = (*keypath[:-1], keypath[-1].partition("[")[0])
         for i in range(len(keypath), 0, -1):
             if keypath[:i] in self._where:
                 return self._where[keypath[:i]]
@@ -198,9 +200,13 @@ def _check_tuple(item_type: Any, value: Any, meta: Mapping[str, Any], kp: tuple[
         ctx.error(kp, f"expected {lo} to {hi} items, got {len(value)}")
         return _INVALID
     items = []
+    item_pattern = meta.get("item_pattern")
     for i, v in enumerate(value):
         if not isinstance(v, item_type) or isinstance(v, bool):
             ctx.error((*kp[:-1], f"{kp[-1]}[{i}]"), f"expected {item_type.__name__}, got {_tname(v)}")
+            return _INVALID
+        if item_pattern and not re.fullmatch(item_pattern, v):
+            ctx.error((*kp[:-1], f"{kp[-1]}[{i}]"), f"{v!r} does not match {item_pattern}")
             return _INVALID
         items.append(v)
     return tuple(items)
@@ -230,6 +236,12 @@ def _resolve_path(value: str, base: Path) -> str:
 
 def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
     m, s = cfg.mqtt, cfg.source
+    if s.ring_slots <= cfg.inference.batch_max:
+        # The inference loop holds up to batch_max slots while it serves a batch and the source
+        # needs one more to write into: with fewer, FrameRing.acquire fails and the daemon stops.
+        ctx.error(("source", "ring_slots"), f"{s.ring_slots} must exceed inference.batch_max "
+                  f"({cfg.inference.batch_max}): the inference loop holds up to batch_max slots "
+                  "and the source needs one more")
     if m.reconnect_min_s > m.reconnect_max_s:
         ctx.error(("mqtt", "reconnect_min_s"), "must not exceed mqtt.reconnect_max_s")
     if bool(m.tls_cert) != bool(m.tls_key):

@@ -1,7 +1,8 @@
 """The typed configuration model: one frozen dataclass per TOML table.
 
 Every field carries its limits in ``metadata`` (``min``/``max`` for numbers, ``choices`` for strings,
-``pattern`` for identifiers); :mod:`agent.config.loader` enforces them and rejects unknown keys.
+``pattern`` for identifiers, ``item_pattern`` for each item of an array); :mod:`agent.config.loader`
+enforces them and rejects unknown keys.
 Paths are resolved relative to the config file's directory by the loader (``path=True``).
 """
 
@@ -117,7 +118,8 @@ class OtaConfig:
     state_dir: str = _f("state", "A/B model slots and OTA state", path=True)
     trusted_keys: str = _f("keys", "directory of trusted Ed25519 public keys (*.pub, PEM or raw base64)",
                            path=True)
-    groups: tuple[str, ...] = _f((), "fleet groups whose OTA topics this device follows", length=(0, 16))
+    groups: tuple[str, ...] = _f((), "fleet groups whose OTA topics this device follows", length=(0, 16),
+                                 item_pattern=_ID_PATTERN)
     min_accuracy: float = _f(0.98, "device floor for the golden-set accuracy of a new model",
                              min=0.0, max=1.0)
     max_model_bytes: int = _f(4 * 1024 * 1024, "largest model file accepted", min=1024, max=256 * 1024 * 1024)

@@ -87,6 +87,9 @@ class Engine:
     def infer(self, n: int) -> int:
         """Run the batch of ``n`` written into ``model.buffers(n)[0]``; returns the latency in ns."""
         t0 = time.monotonic_ns()
+        # A terminate the watchdog meant for a previous run (set just as that run returned on its
+        # own) must not kill this one: ORT refuses any run that starts with the flag set.
+        self._run_options.terminate = False
         self._started_ns = t0
         try:
             self.model.run(n, self._run_options)
@@ -117,6 +120,8 @@ class Engine:
             seen = self.batches
             started = self._started_ns
             if started and time.monotonic_ns() - started > self._abort_after_ns:
+                if self._started_ns != started:
+                    continue  # that run returned while it was judged: nothing to terminate
                 self._run_options.terminate = True
                 self.aborted += 1
                 log.error("inference stuck for > %.1f ms: terminated", self._abort_after_ns / 1e6)

@@ -53,9 +53,35 @@ def test_out_of_range_port_names_the_bound() -> None:
     ("mqtt = 3\n", "expected a table"),
     ("[source]\ntype = 'pipe'\nwidth = 640\nheight = 480\n", "set a roi"),
     ("[mqtt\n", "invalid TOML"),
+    ("[source]\nring_slots = 4\n[inference]\nbatch_max = 4\n", "source.ring_slots: 4 must exceed inference.batch_max"),
+    ("[source]\nring_slots = 2\n[inference]\nbatch_max = 3\n", "source.ring_slots"),
+    ("[ota]\ngroups = ['#']\n", "ota.groups[0]: '#' does not match"),
+    ("[ota]\ngroups = ['kitchen', 'a/b']\n", "ota.groups[1]: 'a/b' does not match"),
+    ("[ota]\ngroups = ['+']\n", "ota.groups[0]"),
 ])
 def test_each_problem_is_reported(text: str, needle: str) -> None:
     assert any(needle in p for p in errors(text)), errors(text)
+
+
+def test_ring_slots_must_exceed_batch_max() -> None:
+    # The inference loop holds up to batch_max slots and the source needs one more; with fewer,
+    # FrameRing.acquire raised on the source thread at run time and the daemon stopped.
+    (problem,) = errors("[source]\nring_slots = 4\n\n[inference]\nbatch_max = 4\n")
+    assert problem.startswith("site.toml:2: source.ring_slots: ") and "inference.batch_max (4)" in problem
+    cfg = parse_config("[source]\nring_slots = 5\n[inference]\nbatch_max = 4\n", "site.toml")
+    assert (cfg.source.ring_slots, cfg.inference.batch_max) == (5, 4)
+    assert parse_config("[source]\nring_slots = 2\n[inference]\nbatch_max = 1\n").source.ring_slots == 2
+
+
+def test_ota_groups_entries_follow_the_device_id_pattern() -> None:
+    from agent.config.schema import _ID_PATTERN
+
+    (problem,) = errors("[ota]\ngroups = ['kitchen', '#']\n")
+    assert problem.startswith("site.toml:2: ota.groups[1]: '#' does not match") and _ID_PATTERN in problem
+    assert "ota.groups[0]" in errors("[ota]\ngroups = ['a/b']\n")[0]
+    assert "ota.groups[0]" in errors("", ("ota.groups=['x y']",))[0]
+    ok = parse_config("[ota]\ngroups = ['kitchen', 'canary-1', 'lab_2.b']\n")
+    assert ok.ota.groups == ("kitchen", "canary-1", "lab_2.b")
 
 
 def test_all_problems_reported_at_once() -> None:
@@ -100,6 +126,31 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     r = _cli("check-config", "--config", str(bad))
     assert r.returncode == 2 and "65535" in r.stderr
     assert _cli("check-config", "--config", str(tmp_path / "missing.toml")).returncode == 2
+
+
+def test_check_config_refuses_a_small_ring_and_bad_groups(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[source]\nring_slots = 3\n[inference]\nbatch_max = 4\n")
+    r = _cli("check-config", "--config", str(bad))
+    assert r.returncode == 2 and "bad.toml:2: source.ring_slots: 3 must exceed inference.batch_max" in r.stderr
+    bad.write_text("[ota]\ngroups = ['#']\n")
+    r = _cli("check-config", "--config", str(bad))
+    assert r.returncode == 2 and "bad.toml:2: ota.groups[0]: '#' does not match" in r.stderr
+
+
+def test_log_level_before_or_after_the_command() -> None:
+    from agent.cli import _parser
+
+    p = _parser()
+    assert p.parse_args(["run"]).log_level == "INFO"
+    assert p.parse_args(["--log-level", "DEBUG", "run"]).log_level == "DEBUG"
+    assert p.parse_args(["run", "--log-level", "DEBUG"]).log_level == "DEBUG"
+    assert p.parse_args(["--log-level", "ERROR", "check-config", "--log-level", "WARNING"]).log_level == "WARNING"
+    assert p.parse_args(["--log-level", "ERROR", "version"]).log_level == "ERROR"
+    r = _cli("check-config", "--log-level", "DEBUG", "--config", "config.toml")
+    assert r.returncode == 0, r.stderr
+    r = _cli("check-config", "--log-level", "LOUD", "--config", "config.toml")
+    assert r.returncode == 2 and "--log-level" in r.stderr
 
 
 def test_version_and_help() -> None:

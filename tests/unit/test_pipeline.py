@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -32,3 +33,25 @@ def test_frames_older_than_the_deadline(tmp_path: Path, live: bool) -> None:
     assert loop.stale_dropped == (2 if live else 0)
     assert len(out) == (2 if live else 4) and loop.seq == len(out)
     assert b'"model_version":3' in out[0]
+
+
+def test_waiting_frames_run_as_one_batch_and_late_results_say_so(tmp_path: Path) -> None:
+    # The slow model takes far longer than a 1 µs deadline, so the batch certainly misses it;
+    # drop_stale is off (replay), or every frame would be dropped as too old before inference.
+    model = LoadedModel.load(make_model(tmp_path / "slow.onnx", "slow", slow_steps=400), batch_max=4,
+                             card={"version": 1})
+    engine = Engine(model, deadline_ms=0.001, watchdog_factor=1000, stop=threading.Event())
+    ring = FrameRing(8, 28, 28)
+    out: list[bytes] = []
+    loop = InferenceLoop(ring, engine, Preprocessor(max_side=28), lambda s, p, q: out.append(p), 0, 4,
+                         threading.Event(), drop_stale=False)
+    for seq in range(4):
+        i = ring.acquire()
+        ring.pixels[i, 10:18, 12:16] = 255
+        ring.commit(i, 28, 28, seq, time.monotonic_ns())
+    assert loop.step(0) == 4
+    assert (engine.batches, engine.inferences) == (1, 4)
+    assert engine.deadline_misses == 4 and len(out) == 4
+    for payload in out:
+        assert json.loads(payload)["deadline_missed"] is True
+    assert ring.pending() == 0 and loop.step(0) == 0 and engine.batches == 1
