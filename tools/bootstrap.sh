@@ -12,26 +12,39 @@ say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
+MISSING=()  # packages whose command is still missing after apt_install
+
 apt_install() {
   # Arguments are package:command pairs; a package is installed only when its command is missing,
-  # and only when we can (root with apt). Otherwise say what is missing and carry on.
-  local missing=()
+  # and only when we can (root with apt). Fails (MISSING names the packages) when a command is
+  # still missing afterwards; the caller decides whether that is fatal.
+  local missing=() pair
+  MISSING=()
   for pair in "$@"; do have "${pair#*:}" || missing+=("${pair%%:*}"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} (apt)"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+      say "apt-get failed for: ${missing[*]}"
   else
     say "not root or no apt: cannot install ${missing[*]}"
-    return 1
   fi
+  for pair in "$@"; do have "${pair#*:}" || MISSING+=("${pair%%:*}"); done
+  [ ${#MISSING[@]} -eq 0 ]
 }
 
 if [ "$want" = dev ]; then
-  apt_install mosquitto:mosquitto mosquitto-clients:mosquitto_sub ffmpeg:ffmpeg systemd:systemd-analyze \
-              npm:npm openssl:openssl || true
+  # The test suite needs every one of these (CI fails instead of skipping without systemd-analyze).
+  if ! apt_install mosquitto:mosquitto mosquitto-clients:mosquitto_sub ffmpeg:ffmpeg systemd:systemd-analyze \
+                   npm:npm openssl:openssl; then
+    say "error: the dev setup needs system packages that are not installed: ${MISSING[*]}"
+    say "install them (as root: apt-get install ${MISSING[*]}) and run tools/bootstrap.sh dev again"
+    exit 1
+  fi
 else
-  apt_install mosquitto:mosquitto mosquitto-clients:mosquitto_sub || true
+  # The daemon needs none of these; the demo falls back to an embedded broker without mosquitto.
+  apt_install mosquitto:mosquitto mosquitto-clients:mosquitto_sub ||
+    say "continuing without ${MISSING[*]} (the demo uses its embedded broker instead of mosquitto)"
 fi
 # A distribution's mosquitto service would hold port 1883; tests use their own ports anyway.
 

@@ -1,12 +1,15 @@
 """README's run command: a broker, the daemon on the demo config, and a live subscriber.
 
 Uses a local mosquitto when installed; otherwise an embedded Python broker (amqtt, installed into
-the venv on demand, MQTT 3.1.1 only), and says which. Ctrl-C stops everything.
+the venv on demand, MQTT 3.1.1 only), and says which. Subscribes to the config's own topics
+(<mqtt.topic_prefix>/<device.id>/+). Ctrl-C stops everything; so does the daemon exiting, which
+ends the demo with exit code 1 and the daemon's last log lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import shutil
 import signal
@@ -14,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +25,8 @@ from typing import Any, Optional
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import Config, ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -33,12 +39,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_broker(port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_broker(port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """(process, MQTT protocol, which broker) for a broker listening on 127.0.0.1:``port``."""
     exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if exe:
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        return subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL), "5"
+        return subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL), "5", f"mosquitto ({exe})"
     print("mosquitto is not installed: using the embedded Python broker (amqtt, MQTT 3.1.1)", flush=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "amqtt"], check=True)
     conf = workdir / "amqtt.yaml"
@@ -46,7 +53,8 @@ def _start_broker(port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], st
                     "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
                     "    allow_anonymous: true\n")
     amqtt = Path(sys.executable).with_name("amqtt")
-    return subprocess.Popen([str(amqtt), "-c", str(conf)], stderr=subprocess.DEVNULL), "3.1.1"
+    return (subprocess.Popen([str(amqtt), "-c", str(conf)], stderr=subprocess.DEVNULL), "3.1.1",
+            "embedded amqtt (mosquitto is not installed)")
 
 
 def _wait_port(port: int, timeout: float) -> None:
@@ -91,51 +99,119 @@ class _Printer:
               f"{doc['latency_us']:>5} µs  model v{doc['model_version']}  {mark}", flush=True)
 
 
+class _DaemonLog:
+    """Forwards the daemon's output to our stderr as it comes and keeps the last lines."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], keep: int = 20) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self._proc = proc
+        self._thread = threading.Thread(target=self._pump, name="daemon-log", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            print(line, file=sys.stderr, flush=True)
+
+    def tail(self) -> list[str]:
+        self._thread.join(2.0)  # the pipe reaches EOF once the daemon has exited
+        return list(self.lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default=str(REPO / "config.toml"))
     ap.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = until Ctrl-C)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one config key for the daemon (repeatable), as `digit-agent run --set`")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="digit-demo-") as tmp:
         port = _free_port()
-        broker, protocol = _start_broker(port, Path(tmp))
-        _wait_port(port, 15)
-        print(f"broker on 127.0.0.1:{port} (MQTT {protocol}); starting the daemon…", flush=True)
-        daemon = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", args.config,
-                                   "--set", f"mqtt.port={port}", "--set", f'mqtt.protocol="{protocol}"',
-                                   "--set", "health.interval_s=5"])
+        broker, protocol, which = _start_broker(port, Path(tmp))
         try:
-            return _subscribe(port, protocol, args)
+            overrides = [*args.set, 'mqtt.host="127.0.0.1"', f"mqtt.port={port}",
+                         f'mqtt.protocol="{protocol}"', "health.interval_s=5"]
+            try:
+                cfg = load_config(args.config, overrides)  # what the daemon will read (same environment)
+            except ConfigError as exc:
+                print("\n".join(f"error: {line}" for line in exc.problems), file=sys.stderr)
+                return 2
+            _wait_port(port, 15)
+            print(f"broker: {which} on 127.0.0.1:{port} (MQTT {protocol}); starting the daemon…", flush=True)
+            cmd = [sys.executable, "-m", "agent", "run", "--config", args.config]
+            for item in overrides:
+                cmd += ["--set", item]
+            daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            print(f"daemon pid {daemon.pid}", flush=True)
+            log = _DaemonLog(daemon)
+            try:
+                return _subscribe(port, protocol, cfg, args, daemon, broker, log)
+            finally:
+                _stop(daemon, 15)
+                log.tail()  # let its last (shutdown) lines through before we exit
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(15)
-            broker.terminate()
-            broker.wait(10)
+            _stop(broker, 10)
 
 
-def _subscribe(port: int, protocol: str, args: argparse.Namespace) -> int:
-    labels = None
-    golden = REPO / "models" / "golden.npz"
-    if golden.exists():
-        with np.load(golden) as data:
-            labels = np.asarray(data["labels"])
-    printer = _Printer(labels)
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _labels(cfg: Config) -> Optional[np.ndarray]:
+    """True labels of the replayed frames, when the replay file carries them."""
+    path = Path(cfg.source.path)
+    if cfg.source.type != "replay" or path.suffix != ".npz" or not path.is_file():
+        return None
+    with np.load(path) as data:
+        return np.asarray(data["labels"]) if "labels" in data.files else None
+
+
+def _subscribe(port: int, protocol: str, cfg: Config, args: argparse.Namespace,
+               daemon: subprocess.Popen[bytes], broker: subprocess.Popen[bytes], log: _DaemonLog) -> int:
+    printer = _Printer(_labels(cfg))
+    topics = cfg.topic("+")  # <topic_prefix>/<device.id>/+ : result, health, ...
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="digit-demo-viewer",
                          protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
     client.on_message = printer.on_message
     client.connect("127.0.0.1", port)
-    client.subscribe("digit-agent/+/+")
+    client.subscribe(topics)
     client.loop_start()
+    print(f"subscribed to {topics}", flush=True)
     deadline = time.monotonic() + args.seconds if args.seconds else None
+    code = 0
     try:
         while deadline is None or time.monotonic() < deadline:
+            if daemon.poll() is not None:
+                if daemon.returncode == 0:  # a finite replay (source.loop = false) ended
+                    print("the daemon finished (exit code 0)", flush=True)
+                    time.sleep(0.5)  # its last messages are already at the broker
+                    break
+                rc = daemon.returncode
+                how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+                print(f"the daemon {how}; its last log lines:", file=sys.stderr, flush=True)
+                for line in log.tail():
+                    print(f"  | {line}", file=sys.stderr, flush=True)
+                code = 1
+                break
+            if broker.poll() is not None:
+                print(f"the broker exited with code {broker.returncode}", file=sys.stderr, flush=True)
+                code = 1
+                break
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     client.loop_stop()
     if printer.count:
         print(f"{printer.count} results, {printer.correct} correct", flush=True)
-    return 0 if printer.count else 1
+    return code or (0 if printer.count else 1)
 
 
 if __name__ == "__main__":

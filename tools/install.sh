@@ -10,7 +10,8 @@
 #                commands that need the running system (start, daemon-reload, udevadm) are printed only.
 # --from PATH    what pip installs: this source tree (default) or a built wheel.
 # --models DIR   model files (*.onnx, *.json, *.npz) for /opt/digit-agent/models; default PATH/models.
-# --no-start     enable the service for the next boot but do not start it now.
+# --no-start     enable the service for the next boot but do not start it now. A service that is
+#                already running is restarted either way, so it runs the code just installed.
 # --python PY    interpreter that creates the virtual environment (default python3, >= 3.9).
 # --pip-args S   extra pip arguments, e.g. "--no-index --find-links /media/wheels" for an offline device.
 # uninstall      removes the program, unit and companions; keeps config, keys, credentials and
@@ -128,11 +129,32 @@ system_setup() {
     fi
     if live; then
         run systemctl daemon-reload
-        if [[ $START == 1 ]]; then run systemctl enable --now "$UNIT"; else run systemctl enable "$UNIT"; fi
+        start_service
     else
         run systemctl $(root_opt) enable "$UNIT" 2>&1 | grep -v "non-existent unit" || true
         would "systemctl daemon-reload && systemctl start $UNIT"
     fi
+}
+
+# Live system only. `enable --now` alone would leave a running service on the code pip just replaced
+# under it (and on the old unit), so a running (or starting) service is restarted; a stopped one is
+# started unless --no-start. Running the installer again restarts it again: same end state.
+start_service() {
+    local state
+    state=$(systemctl show --property=ActiveState --value "$UNIT" 2>/dev/null || true)
+    run systemctl enable "$UNIT"
+    case $state in
+        active|activating|reloading)
+            run systemctl try-restart "$UNIT" ;;
+        *)
+            # A unit that hit its start limit refuses `start` until reset.
+            if [[ $state == failed ]]; then run systemctl reset-failed "$UNIT"; fi
+            if [[ $START == 1 ]]; then
+                run systemctl start "$UNIT"
+            else
+                echo "not started (--no-start): systemctl start $UNIT"
+            fi ;;
+    esac
 }
 
 do_install() {
@@ -171,5 +193,8 @@ do_uninstall() {
     fi
 }
 
-parse_args "$@"
-if [[ $ACTION == install ]]; then do_install; else do_uninstall; fi
+# Sourced (tests call the functions one by one): define only.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    parse_args "$@"
+    if [[ $ACTION == install ]]; then do_install; else do_uninstall; fi
+fi

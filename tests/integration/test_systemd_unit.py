@@ -8,9 +8,12 @@ executable is verified (`--root=` would need a whole unit tree with sysinit.targ
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -22,11 +25,29 @@ UNIT = REPO / "systemd" / "digit-agent.service"
 BINARY = "/opt/digit-agent/venv/bin/digit-agent"
 MAX_EXPOSURE = 1.5
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                       reason="systemd-analyze is not installed (CI installs package 'systemd')"),
-]
+pytestmark = pytest.mark.integration
+
+
+def in_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """CI=true (any value but empty/0/false/no): a missing tool is a failure, not a skip."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_tools(*tools: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Skip when a tool is missing on a developer machine; fail in CI, where a skip would silently
+    drop the security gate (CI installs package 'systemd')."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if not missing:
+        return
+    why = f"{', '.join(missing)} not installed (package 'systemd')"
+    if in_ci(environ):
+        pytest.fail(f"{why}; CI is set, so the systemd checks must run, not skip", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _systemd_analyze() -> None:
+    require_tools("systemd-analyze")
 
 
 def unit_entries(text: str) -> list[tuple[str, str, str]]:
@@ -46,6 +67,35 @@ def unit_entries(text: str) -> list[tuple[str, str, str]]:
 
 def values(key: str, text: str = "") -> list[str]:
     return [v for _, k, v in unit_entries(text or UNIT.read_text()) if k == key]
+
+
+@cache
+def syscall_group(name: str) -> frozenset[str]:
+    """The system calls in ``name`` (``@group`` or a single call), nested groups expanded."""
+    if not name.startswith("@"):
+        return frozenset({name})
+    proc = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True, text=True,
+                          timeout=60, check=True)
+    out: set[str] = set()
+    for line in proc.stdout.splitlines()[1:]:  # line 0 is the group's own name
+        item = line.strip()
+        if item and not item.startswith("#"):
+            out |= syscall_group(item)
+    assert out, f"{name} expands to nothing:\n{proc.stdout}{proc.stderr}"
+    return frozenset(out)
+
+
+def allowed_syscalls(text: str) -> set[str]:
+    """The allow list the unit's SystemCallFilter= lines build, per systemd.exec(5): the first line's
+    kind (allow or ~deny) sets the filter's mode; every later line adds (same kind) or removes
+    (other kind) its calls, in order. So an allow line after a ~deny line re-allows."""
+    lines = values("SystemCallFilter", text)
+    assert lines and not lines[0].startswith("~"), "expected an allow list first (@system-service)"
+    allowed: set[str] = set()
+    for line in lines:
+        calls = {c for name in line.removeprefix("~").split() for c in syscall_group(name)}
+        allowed = allowed - calls if line.startswith("~") else allowed | calls
+    return allowed
 
 
 def verify(unit_text: str, tmp_path: Path, stub: bool = True) -> str:
@@ -97,6 +147,50 @@ def test_security_check_can_fail(tmp_path: Path) -> None:
     unit = tmp_path / UNIT.name
     unit.write_text(text[: text.index("NoNewPrivileges=")] + "\n[Install]\nWantedBy=multi-user.target\n")
     assert exposure(unit) > MAX_EXPOSURE
+
+
+def test_setpriority_is_allowed_for_the_ota_worker(tmp_path: Path) -> None:
+    """agent/control/ota/controller.py `_lower_priority` calls setpriority(2) (in @resources, which the
+    unit denies); the line after the deny re-allows it alone, and systemd's own parser agrees."""
+    text = UNIT.read_text()
+    allowed = allowed_syscalls(text)
+    assert "setpriority" in allowed and "getpriority" in allowed
+    # The rest of @resources (and @privileged) stays denied.
+    assert not (syscall_group("@resources") - {"setpriority"}) & allowed
+    assert not syscall_group("@privileged") & allowed
+    # The re-allow line must come after the deny line (before it, the deny would remove it again).
+    lines = values("SystemCallFilter", text)
+    assert lines.index("setpriority") > next(i for i, v in enumerate(lines) if "@resources" in v)
+    unit = tmp_path / UNIT.name
+    unit.write_text(text)
+    report = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path).stdout
+    assert "(e.g. setpriority is allowed)" in report, report
+
+
+def test_setpriority_check_can_fail() -> None:
+    """Without the re-allow line (the unit as it was) setpriority is filtered."""
+    text = UNIT.read_text().replace("\nSystemCallFilter=setpriority\n", "\n")
+    assert "setpriority" not in allowed_syscalls(text)
+    moved = text.replace("SystemCallFilter=@system-service\n",
+                         "SystemCallFilter=@system-service\nSystemCallFilter=setpriority\n")
+    assert "setpriority" not in allowed_syscalls(moved)  # re-allowed before the deny: denied again
+
+
+@pytest.mark.parametrize(("tools", "environ", "outcome"), [
+    (("sh",), {"CI": "true"}, None),
+    (("no-such-tool-digit-agent",), {}, pytest.skip.Exception),
+    (("no-such-tool-digit-agent",), {"CI": "false"}, pytest.skip.Exception),
+    (("no-such-tool-digit-agent",), {"CI": "true"}, pytest.fail.Exception),
+    (("no-such-tool-digit-agent",), {"CI": "1"}, pytest.fail.Exception),
+])
+def test_missing_tools_fail_in_ci_and_skip_elsewhere(tools: tuple[str, ...], environ: dict[str, str],
+                                                     outcome: type[BaseException] | None) -> None:
+    if outcome is None:
+        require_tools(*tools, environ=environ)
+    else:
+        with pytest.raises(outcome):
+            require_tools(*tools, environ=environ)
 
 
 def test_directives_the_daemon_relies_on() -> None:
