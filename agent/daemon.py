@@ -97,7 +97,7 @@ class Daemon:
         self.publisher = Publisher(cfg, self.stop)
         self.loop = InferenceLoop(self.ring, self.engine, self.pre, self.publisher.publish, cfg.mqtt.qos,
                                   min(cfg.inference.batch_max, model.batch_max), self.stop, self.liveness.beat,
-                                  drop_stale=self.source.live)
+                                  drop_stale=self.source.live, on_stop=self._stopping)
         self.ota = OtaController(cfg, self.publisher, self.engine, self.stop)
         self.discovery = Discovery(cfg, self.publisher, self.stop, hw_version=platform.machine())
         self.health = HealthSampler(cfg.health.thermal_zone, {
@@ -170,9 +170,11 @@ class Daemon:
         doc = self.health.sample()
         self.publisher.publish("health", encode_health(doc), self.cfg.mqtt.qos)
 
-    def _shutdown(self) -> int:
+    def _stopping(self) -> None:
         log.info("stopping: draining frames and flushing MQTT")
         self.notifier.stopping()
+
+    def _shutdown(self) -> int:
         for t in self.threads:
             t.join(timeout=2.0)
         self.ota.stop()

@@ -32,9 +32,10 @@ ResultSink = Callable[[str, bytes, int], None]
 class InferenceLoop:
     def __init__(self, ring: FrameRing, engine: Engine, pre: Preprocessor, sink: ResultSink,
                  qos: int, batch_max: int, stop: threading.Event,
-                 beat: Callable[[str], None] = lambda name: None, drop_stale: bool = True) -> None:
+                 beat: Callable[[str], None] = lambda name: None, drop_stale: bool = True,
+                 on_stop: Callable[[], None] = lambda: None) -> None:
         self.ring, self.engine, self.pre, self.sink = ring, engine, pre, sink
-        self.qos, self.batch_max, self.stop, self.beat = qos, batch_max, stop, beat
+        self.qos, self.batch_max, self.stop, self.beat, self.on_stop = qos, batch_max, stop, beat, on_stop
         self.boot_id = uuid.uuid4().hex[:16]
         self._encoder = ResultEncoder(self.boot_id)
         self.seq = 0  # result sequence number, monotonic per boot
@@ -50,6 +51,7 @@ class InferenceLoop:
         """Serve until ``stop``; then finish what is already in the ring (bounded by a timeout)."""
         while not self.stop.is_set():
             self.step(0.5)
+        self.on_stop()  # shutdown begins now (systemd's STOPPING=1), before the drain
         deadline = time.monotonic() + drain_timeout_s
         while self.ring.pending() and time.monotonic() < deadline:
             self.step(0.0)
