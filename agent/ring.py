@@ -77,8 +77,9 @@ class FrameRing:
             if self._ready.size:
                 self.dropped_oldest += 1
                 return self._ready.pop()
-        # Every slot is taken by the consumer: impossible when slots > batch_max + 1.
-        raise RuntimeError("frame ring exhausted: ring_slots must exceed batch_max + 1")
+        # Every slot is taken by the consumer: impossible when slots > batch_max (the config
+        # loader refuses smaller rings; the consumer holds at most batch_max, the source one).
+        raise RuntimeError("frame ring exhausted: ring_slots must exceed batch_max")
 
     def acquire_wait(self, stop: threading.Event, timeout: float = 0.5) -> Optional[int]:
         """A free slot, waiting for the consumer instead of dropping (lossless file replay);

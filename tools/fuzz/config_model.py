@@ -53,6 +53,9 @@ def _field_problem(value: Any, meta: Any) -> str | None:
         lo_n, hi_n = meta.get("length", (0, 1 << 30))
         if not lo_n <= len(value) <= hi_n or (meta.get("lengths") and len(value) not in meta["lengths"]):
             return "wrong length"
+        item_pattern = meta.get("item_pattern")
+        if item_pattern and any(not re.fullmatch(item_pattern.strip("^$"), v) for v in value):
+            return f"an item does not fully match {item_pattern}"
     if isinstance(value, str) and "\x00" in value:
         return "NUL in a string"
     return None
