@@ -24,7 +24,7 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
         [
             "--out", str(out), "--work", str(tmp_path / "work"),
             "--epochs", "10", "--max-steps", "200", "--train-subset", "6000", "--test-subset", "1000",
-            "--methods", "minmax", "--recipes", "qoperator:u8:r7", "--calib-images", "1000",
+            "--methods", "minmax", "--recipes", "qoperator:u8:r7,qoperator:u8:r7:f1", "--calib-images", "1000",
             "--latency-runs", "100", "--golden", "300", "--no-sensitivity", "--threads", "1",
         ]
     )  # fmt: skip
@@ -44,3 +44,6 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     assert card["accuracy"]["int8_test"] > 0.8
     assert card["accuracy"]["agreement"] > 0.9
     assert (tmp_path / "work" / "digit_fp32.onnx").exists()
+    # Both recipes were compared; the shipped one was measured for latency on validation inputs.
+    assert card["quant_recipe"] in ("minmax-qoperator-u8s8-r7", "minmax-qoperator-u8s8-r7-f1")
+    assert card["version"] == 1  # no earlier card in --out

@@ -149,8 +149,9 @@ def recipe_from_card(card: dict[str, Any]) -> QuantVariant:
     cal = card.get("calibration", {})
     fmt = "qdq" if str(card.get("quant_format", "")).lower() == "qdq" else "qoperator"
     act = "s8" if card.get("activation_type") == "int8" else "u8"
-    r7 = str(card.get("quant_recipe", "")).endswith("-r7")  # 7-bit weights (see QuantVariant)
-    return QuantVariant(str(cal.get("method", "minmax")), fmt, act, reduce_range=r7)
+    if card.get("quant_recipe"):
+        return QuantVariant.from_tag(str(card["quant_recipe"]))
+    return QuantVariant(str(cal.get("method", "minmax")), fmt, act)
 
 
 def _net(spec: ZooSpec, d: Path, split: Split) -> tuple[DigitNet, dict[str, Any]]:

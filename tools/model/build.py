@@ -9,6 +9,7 @@ are made on the validation split carved from the training set, never on test.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import shutil
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-bytes", type=int, default=16 * 1024, help="size budget for the shipped model")
     p.add_argument("--golden", type=int, default=400)
     p.add_argument("--ort-versions", default="", help="comma list for tools.model.ort_compat (slow)")
+    p.add_argument("--model-version", type=int, default=0,
+                   help="the card's version (OTA anti-rollback compares it); default: the card in --out + 1")
     p.add_argument("--no-sensitivity", action="store_true")
     return p.parse_args(argv)
 
@@ -116,7 +119,8 @@ def _card_fields(
         },
         "quant_format": "QDQ" if best.variant.fmt == "qdq" else "QOperator",
         "activation_type": "uint8" if best.variant.activations == "u8" else "int8",
-        "weight_type": "int8 per-channel" + (" (7-bit range)" if best.variant.reduce_range else ""),
+        "weight_type": "int8 per-channel" + (" (7-bit range)" if best.variant.reduce_range else "")
+        + ("; first conv float32" if best.variant.float_first else ""),
         "quant_recipe": best.variant.tag,
         "training": {
             "seed": cfg.seed,
@@ -131,6 +135,14 @@ def _card_fields(
             "train_images": len(split.x_train),
         },
     }
+
+
+def _previous_version(card: Path) -> int:
+    """Version of the card being replaced (0 if none): a rebuilt model is a new version."""
+    try:
+        return int(json.loads(card.read_text())["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -149,6 +161,7 @@ def _build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     golden_idx = write_golden(golden, test_x, test_y, args.golden, args.seed)
     metrics["accuracy"]["golden_int8"] = pipeline.golden_accuracy(shipped, golden)
     fields = {
+        "version": args.model_version or _previous_version(args.out / "digit_int8.card.json") + 1,
         **_card_fields(cfg, result, split, command, _command(args.argv), best),
         **metrics,
         "calibration": {
