@@ -32,7 +32,7 @@ fuzz:                       ## coverage-guided fuzzing (atheris), FUZZ_TIME s pe
 
 reliability:                ## full-size faults + 1 M-frame soak; figures in bench/results/reliability-*.jsonl
 	DIGIT_AGENT_FULL=1 DIGIT_AGENT_FIGURES=bench/results/reliability-$$(date +%Y%m%d-%H%M%S).jsonl \
-	  $(PY) -m pytest tests/reliability -q -s
+	  $(PY) -m pytest tests/reliability -q -s --timeout 7200
 
 soak:                       ## 1 M frames through the daemon; bench/results/soak-<date>.{csv,json,png}
 	$(PY) -m tools.soak --frames 1000000

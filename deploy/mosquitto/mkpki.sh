@@ -4,10 +4,11 @@
 #   deploy/mosquitto/mkpki.sh OUTDIR [CLIENT ...]
 #
 # OUTDIR receives: ca.crt ca.key (the test CA), server.crt server.key (SAN: localhost, 127.0.0.1,
-# ::1, $(hostname) and $MKPKI_SERVER_NAMES), and for each CLIENT (default: operator monitor dev1
-# dev2) <name>.crt <name>.key (CN = name) and <name>.password (random), plus `passwd` (hashed, for
-# mosquitto's password_file) and a copy of the ACL. Re-running keeps the CA and existing clients
-# and adds missing ones. Keys are EC P-256, certificates valid $MKPKI_DAYS days (default 825).
+# ::1, $(hostname) and $MKPKI_SERVER_NAMES), and for each CLIENT (default: the ACL's users operator
+# monitor homeassistant, and devices dev1 dev2) <name>.crt <name>.key (CN = name) and <name>.password
+# (random), plus `passwd` (hashed, for mosquitto's password_file) and a copy of the ACL. Re-running
+# keeps the CA and existing clients and adds missing ones. Keys are EC P-256, certificates valid
+# $MKPKI_DAYS days (default 825).
 # For tests and labs only: a fleet's CA key belongs offline, not beside the broker.
 set -euo pipefail
 
@@ -15,7 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: mkpki.sh OUTDIR [CLIENT ...]}
 shift
 clients=("$@")
-[ ${#clients[@]} -gt 0 ] || clients=(operator monitor dev1 dev2)
+[ ${#clients[@]} -gt 0 ] || clients=(operator monitor homeassistant dev1 dev2)
 days=${MKPKI_DAYS:-825}
 mkdir -p "$out"
 umask 077

@@ -187,6 +187,19 @@ def test_anti_rollback_replay_and_expiry(bench: Bench, device: Device) -> None:
     assert device.engine.model.version == 2 and device.engine.swaps == 1
 
 
+def test_anti_rollback_counts_the_shipped_model(bench: Bench, device: Device) -> None:
+    """Nothing committed yet: the shipped model's card says version 1, so a signed v1 is no upgrade."""
+    v1 = model_bytes("good", tag=9)
+    same = _push_and_wait(bench, bench.envelope(v1, 1, job="factory-v1"), v1, "factory-v1")
+    assert same["state"] == "rejected", same
+    assert same["reason"] == "version 1 is not newer than 1 (anti-rollback)", same
+    assert "downloading" not in [s["state"] for s in bench.statuses() if s.get("job") == "factory-v1"]
+    _serving_continuously(bench, device)
+    assert device.engine.model.version == 1 and device.engine.swaps == 0
+    st = _state(bench)
+    assert st["committed"] is None and st["pending"] is None and "factory-v1" in st["seen_jobs"]
+
+
 # 11 -----------------------------------------------------------------------------------------
 def test_oversize_model_refused(tmp_path: Path, broker: Broker) -> None:
     bench = Bench(tmp_path, broker, ota={"max_model_bytes": 16384})

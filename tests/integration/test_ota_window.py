@@ -50,9 +50,14 @@ def test_broker_cut_mid_transfer_resumes(tmp_path: Path, broker: Broker) -> None
     device = Device(bench.cfg_path)
     v2 = model_bytes("good", tag=2)
     cut = threading.Event()
+    had_at_cut: set[int] = set()  # chunks the device held when the broker went down
+    sent_after_cut: list[int] = []  # chunk indices the operator tool sent from then on
 
     def slow_then_cut(i: int, payload: bytes) -> list[tuple[Optional[str], bytes]]:
-        if i == 12 and not cut.is_set():
+        if cut.is_set():
+            sent_after_cut.append(i)
+        elif i == 12:
+            had_at_cut.update(_chunks_held(device))
             cut.set()
             threading.Thread(target=broker.restart, kwargs={"down_s": 1.0}, daemon=True).start()
         return [(None, payload)]
@@ -69,11 +74,29 @@ def test_broker_cut_mid_transfer_resumes(tmp_path: Path, broker: Broker) -> None
         assert done["state"] == "committed", done
         count = -(-len(v2) // 1024)
         assert p.sent < 2 * count, f"resumed, not restarted: {p.sent} chunks sent for {count}"
+        # A restart from chunk 0 (device forgetting its bitmap, or the tool starting over) would send
+        # again chunks the device already held; a resume asks only for what it lacks.
+        assert had_at_cut, "the device held no chunk when the broker was cut: nothing to resume from"
+        again = had_at_cut & set(sent_after_cut)
+        assert not again, f"restarted, not resumed: chunks {sorted(again)} held before the cut were sent again"
+        assert sent_after_cut and len(set(sent_after_cut)) <= count - len(had_at_cut)
         assert device.engine.model.version == 2
         assert device.daemon.publisher.stats()["connects"] >= 2
     finally:
         device.stop()
         bench.close()
+
+
+def _chunks_held(device: Device, timeout: float = 10.0) -> set[int]:
+    """The chunk indices the device's download holds now (waits until it holds at least one). Chunks
+    are only ever added during a download, so each index read here is held from now on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dl = device.daemon.ota._dl
+        held = {i for i in range(dl.bitmap.count) if i in dl.bitmap} if dl is not None else set()
+        if held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.01)
 
 
 def test_push_refuses_chunks_larger_than_the_brokers_maximum_packet(tmp_path: Path) -> None:

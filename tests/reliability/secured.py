@@ -20,11 +20,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.helpers.broker import Broker, free_port
 
-__all__ = ["DEPLOY", "MqttResult", "Pki", "TlsClient", "secured_broker"]
+__all__ = ["DEPLOY", "USERS", "MqttResult", "Pki", "TlsClient", "make_pki", "secured_broker"]
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "mosquitto"
 _INSTALL_DIR = "/etc/mosquitto/digit-agent"
+# Every user the shipped ACL names (operator, dashboards, Home Assistant) plus two devices.
+USERS = ("operator", "monitor", "homeassistant", "dev1", "dev2")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ class Pki:
 
 
 def make_pki(directory: Path, *clients: str) -> Pki:
-    subprocess.run([str(DEPLOY / "mkpki.sh"), str(directory), *clients], check=True, timeout=60,
+    """Certificates and passwords for ``clients`` (default :data:`USERS`)."""
+    subprocess.run([str(DEPLOY / "mkpki.sh"), str(directory), *(clients or USERS)], check=True, timeout=60,
                    capture_output=True)
     return Pki(directory)
 

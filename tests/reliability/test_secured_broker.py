@@ -7,6 +7,7 @@ refused everything, or a test that could not observe delivery, would fail.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from tests.helpers.broker import Broker
 from tests.helpers.daemon import AgentProcess, write_config
 from tests.reliability.kit import models
-from tests.reliability.secured import Pki, TlsClient, make_pki, secured_broker
+from tests.reliability.secured import USERS, Pki, TlsClient, make_pki, secured_broker
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,7 @@ _BAD_CREDENTIALS = 0x86
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"), "operator", "monitor", "dev1", "dev2")
+    return make_pki(tmp_path_factory.mktemp("pki"), *USERS)
 
 
 @pytest.fixture
@@ -135,6 +136,98 @@ def test_home_assistant_discovery_only_under_own_node_id(sbroker: Broker, pki: P
     assert dev1.publish("homeassistant/sensor/dev2/digit/config", b"{}") == _NOT_AUTHORIZED
     assert mon.wait_received("homeassistant/sensor/dev1/digit/config") == [b"{}"]
     assert mon.received("homeassistant/sensor/dev2/digit/config") == []
+
+
+def test_device_receives_home_assistants_birth_message(sbroker: Broker, pki: Pki,
+                                                       clients: list[TlsClient]) -> None:
+    """HA publishes "online" on homeassistant/status when it (re)starts; devices re-announce discovery
+    on it, so they must be able to read it, and nobody but HA may publish it."""
+    dev1 = _ok(clients, sbroker, pki, "dev1")
+    dev1.subscribe("homeassistant/status")
+    ha = _ok(clients, sbroker, pki, "homeassistant")
+    assert dev1.publish("homeassistant/status", b"forged") == _NOT_AUTHORIZED
+    mon = _ok(clients, sbroker, pki, "monitor")
+    assert mon.publish("homeassistant/status", b"forged") == _NOT_AUTHORIZED
+    assert ha.publish("homeassistant/status", b"online") == 0
+    assert dev1.wait_received("homeassistant/status") == [b"online"]
+
+
+def test_home_assistant_publishes_commands_and_reads_the_fleet(sbroker: Broker, pki: Pki,
+                                                               clients: list[TlsClient]) -> None:
+    dev1 = _ok(clients, sbroker, pki, "dev1")
+    dev1.subscribe("digit-agent/dev1/cmd")
+    ha = _ok(clients, sbroker, pki, "homeassistant")
+    ha.subscribe("digit-agent/#")
+    ha.subscribe("homeassistant/#")
+    cmd = b'{"cmd":"ota_install","version":"latest"}'
+    assert ha.publish("digit-agent/dev1/cmd", cmd) == 0
+    assert dev1.wait_received("digit-agent/dev1/cmd") == [cmd]
+    assert dev1.publish("digit-agent/dev1/result", b"r") == 0
+    assert dev1.publish("homeassistant/sensor/dev1/digit/config", b"{}") == 0
+    assert ha.wait_received("digit-agent/dev1/result") == [b"r"]
+    assert ha.wait_received("homeassistant/sensor/dev1/digit/config") == [b"{}"]
+
+
+def test_home_assistant_cannot_publish_results_status_or_ota(sbroker: Broker, pki: Pki,
+                                                             clients: list[TlsClient]) -> None:
+    op = _ok(clients, sbroker, pki, "operator")
+    op.subscribe("digit-agent/#")
+    op.subscribe("homeassistant/#")
+    ha = _ok(clients, sbroker, pki, "homeassistant")
+    refused = ["digit-agent/dev1/result", "digit-agent/dev1/health", "digit-agent/dev1/status",
+               "digit-agent/dev1/ota/status", "digit-agent/dev1/ota/request", "digit-agent/dev1/ota/manifest",
+               "digit-agent/dev1/ota/chunk/job1", "digit-agent/group/lab/ota/manifest",
+               "digit-agent/ota/chunk/job1", "homeassistant/sensor/dev1/digit/config",
+               # what the device %u patterns would grant a client whose user name is "homeassistant"
+               "digit-agent/homeassistant/result", "digit-agent/homeassistant/ota/status",
+               "homeassistant/sensor/homeassistant/digit/config"]
+    for topic in refused:
+        assert ha.publish(topic, b"forged") == _NOT_AUTHORIZED, topic
+    assert ha.publish("digit-agent/dev1/cmd", b"allowed twin") == 0
+    assert op.wait_received("digit-agent/dev1/cmd") == [b"allowed twin"]
+    assert [t for t, _ in op.r.messages if t in refused] == []
+
+
+def test_daemon_rediscovers_on_home_assistants_birth_over_tls(tmp_path: Path, sbroker: Broker, pki: Pki,
+                                                              clients: list[TlsClient]) -> None:
+    """The real daemon as dev1: it reads HA's birth message through the ACL and announces again."""
+    from agent.config import load_config
+    from agent.publish.discovery import discovery_messages
+
+    mon = _ok(clients, sbroker, pki, "monitor")
+    mon.subscribe("homeassistant/+/dev1/#")
+    model, golden, _ = models(tmp_path)
+    cfg = write_config(
+        tmp_path / "agent.toml", sbroker,
+        mqtt={"tls_ca": str(pki.ca), "tls_cert": str(pki.cert("dev1")), "tls_key": str(pki.key("dev1")),
+              "username": "dev1", "password_file": str(pki.password_file("dev1"))},
+        source={"path": str(golden), "rate_hz": 20.0, "loop": True},
+        inference={"model": str(model), "golden": str(golden)}, homeassistant={"rediscover_jitter_s": 0.0})
+    expected = {m.topic for m in discovery_messages(load_config(cfg)) if m.payload}
+    assert expected
+
+    def configs() -> list[str]:
+        return [t for t, p in mon.r.messages if t.endswith("/config") and p]
+
+    agent = AgentProcess(cfg)
+    try:
+        assert agent.wait_log("MQTT connected", 60), agent.output()[-3000:]
+        deadline = time.monotonic() + 30
+        while set(configs()) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(configs()) == expected, configs()
+        time.sleep(1.0)
+        n = len(configs())
+        assert n == len(expected), "announced once before the birth message"
+        ha = _ok(clients, sbroker, pki, "homeassistant")
+        assert ha.publish("homeassistant/status", b"online") == 0
+        deadline = time.monotonic() + 30
+        while len(configs()) < n + len(expected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(configs()) >= n + len(expected), agent.output()[-3000:]
+    finally:
+        agent.stop()
+    assert "WARNING agent.publish" not in agent.output(), agent.output()[-3000:]
 
 
 def test_daemon_over_tls_with_client_certificate(tmp_path: Path, sbroker: Broker, pki: Pki,

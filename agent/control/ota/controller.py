@@ -43,6 +43,8 @@ class PublisherLike(Protocol):
 
     def subscribe(self, topic: str, handler: Any) -> None: ...
 
+    def unsubscribe(self, topic: str) -> None: ...
+
 
 @dataclass
 class _Download:
@@ -133,13 +135,7 @@ class OtaController:
     # -- worker -------------------------------------------------------------------------------
     def _run(self) -> None:
         _lower_priority()
-        try:
-            self._store = Store(self._ota.state_dir)
-            self._act = Activation(self._cfg, self._store, self._engine, self._stop, self._report)
-            self._recover()
-        except Exception as exc:
-            _log.exception("OTA cannot start; updates are refused")
-            self._report(status_doc("failed", reason=f"OTA state unusable: {exc}"))
+        if not self._open_state():
             return
         while not self._stop.is_set():
             try:
@@ -156,6 +152,18 @@ class OtaController:
                 self._tick()
             except Exception:  # a bug must not kill OTA silently nor the daemon; report and go on
                 _log.exception("OTA worker error")
+
+    def _open_state(self) -> bool:
+        """Open the store, set up activation and recover; False (reported) if the state is unusable."""
+        try:
+            self._store = Store(self._ota.state_dir)
+            self._act = Activation(self._cfg, self._store, self._engine, self._stop, self._report)
+            self._recover()
+        except Exception as exc:
+            _log.exception("OTA cannot start; updates are refused")
+            self._report(status_doc("failed", reason=f"OTA state unusable: {exc}"))
+            return False
+        return True
 
     def _recover(self) -> None:
         assert self._store is not None and self._act is not None
@@ -187,6 +195,8 @@ class OtaController:
 
     def _report(self, doc: dict[str, Any]) -> None:
         self._state = doc["state"]
+        if doc["state"] in TERMINAL and doc["job"] is not None:
+            self._drop_chunks(doc["job"])
         if doc["state"] in ("committed", "rolled_back", "rejected"):
             self._counters[doc["state"]] += 1
         level = logging.WARNING if doc["state"] in ("rejected", "failed", "rolled_back") else logging.INFO
@@ -194,6 +204,20 @@ class OtaController:
             _log.log(level, "OTA %s job=%s version=%s %s", doc["state"], doc["job"], doc["version"],
                      doc["reason"])
         self._publish(doc)
+
+    def _drop_chunks(self, job: str) -> None:
+        """Stop receiving ``job``'s chunks: it ended (or was replaced); a re-push subscribes again."""
+        if job in self._chunk_subs:
+            self._chunk_subs.discard(job)
+            self._pub.unsubscribe(self._chunk_topic(job))
+
+    def _chunk_topic(self, job: str) -> str:
+        return f"/{self._prefix}/ota/chunk/{job}"
+
+    def _floor(self, committed: int, pending: int) -> int:
+        """Anti-rollback floor: the newest of the committed, the pending and the serving model
+        (the shipped model's card version while nothing was ever committed)."""
+        return max(committed, pending, self._engine.model.version)
 
     def _publish(self, doc: dict[str, Any]) -> None:
         self._last = doc
@@ -221,7 +245,7 @@ class OtaController:
         if m.job in state.seen_jobs:
             self._report(status_doc("rejected", m.job, m.version, f"replayed job {m.job} ignored"))
             return
-        current = max(state.committed_version, state.pending.version if state.pending else 0)
+        current = self._floor(state.committed_version, state.pending.version if state.pending else 0)
         if m.version <= current:
             state.remember(m.job)
             self._store.write_state(state)
@@ -230,6 +254,7 @@ class OtaController:
             return
         if self._dl is not None:
             _log.warning("OTA: job %s replaced by %s", self._dl.m.job, m.job)
+            self._drop_chunks(self._dl.m.job)
         self._begin(m, envelope, b"")
 
     def _on_command(self, payload: bytes) -> None:
@@ -244,7 +269,8 @@ class OtaController:
         if self._dl is not None or self._act.busy() is not None:
             return  # an update is in progress already
         state = self._store.read_state()
-        if (latest is None or latest[0].version <= state.committed_version or latest[0].job in state.seen_jobs
+        if (latest is None or latest[0].version <= self._floor(state.committed_version, 0)
+                or latest[0].job in state.seen_jobs
                 or (cmd.version != "latest" and cmd.version != latest[0].version)):
             self._publish(status_doc(self._state, self._last.get("job"), self._last.get("version"),
                                      "no installable update", float(self._last.get("progress", 0.0))))
@@ -261,7 +287,7 @@ class OtaController:
         self._dl = dl = _Download(m, envelope, Bitmap.from_bytes(bits, m.chunk_count))
         if m.job not in self._chunk_subs:
             self._chunk_subs.add(m.job)
-            self._pub.subscribe(f"/{self._prefix}/ota/chunk/{m.job}", self._on_chunk_msg)
+            self._pub.subscribe(self._chunk_topic(m.job), self._on_chunk_msg)
         self._progress(dl, force=True)
         self._request(dl, force=True)
         if dl.bitmap.complete:
