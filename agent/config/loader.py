@@ -60,11 +60,12 @@ def parse_config(text: str, filename: str = "<config>", overrides: Iterable[str]
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{filename}: invalid TOML: {exc}"]) from None
     problems: list[str] = []
+    overridden: dict[tuple[str, ...], str] = {}
     for item in overrides:
-        _apply_override(raw, item, problems)
+        _apply_override(raw, item, problems, overridden)
     lines = _KeyLines(text)
     base = Path(filename).resolve().parent if not filename.startswith("<") else Path.cwd()
-    ctx = _Ctx(filename, lines, base, problems)
+    ctx = _Ctx(filename, lines, base, problems, overridden)
     sections = _build(Config, raw, (), ctx, top=True)
     if problems:
         raise ConfigError(problems)
@@ -81,10 +82,15 @@ class _Ctx:
     lines: _KeyLines
     base: Path
     problems: list[str]
+    overridden: dict[tuple[str, ...], str] = dataclasses.field(default_factory=dict)
 
     def error(self, keypath: tuple[str, ...], reason: str) -> None:
-        line = self.lines.find(keypath)
-        where = f"{self.filename}:{line}" if line else self.filename
+        item = self.overridden.get(keypath[:2])
+        if item is not None:  # the value came from --set / the environment, not from the file
+            where = f"override {item!r}"
+        else:
+            line = self.lines.find(keypath)
+            where = f"{self.filename}:{line}" if line else self.filename
         self.problems.append(f"{where}: {'.'.join(keypath)}: {reason}")
 
 
@@ -113,7 +119,8 @@ class _KeyLines:
         return None
 
 
-def _apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None:
+def _apply_override(raw: dict[str, Any], item: str, problems: list[str],
+                    overridden: dict[tuple[str, ...], str]) -> None:
     key, sep, value = item.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not sep or len(parts) != 2:
@@ -123,11 +130,19 @@ def _apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value  # a bare string such as host=broker.local
+    if not isinstance(parsed, str) and _is_str_field(parts[0], parts[1]):
+        parsed = value.strip()  # mqtt.username=1234 or host=inf mean the text, not a number
     section = raw.setdefault(parts[0], {})
     if isinstance(section, dict):
         section[parts[1]] = parsed
+        overridden[(parts[0], parts[1])] = item
     else:
         problems.append(f"override {item!r}: {parts[0]} is not a table")
+
+
+def _is_str_field(section: str, key: str) -> bool:
+    table = get_type_hints(Config).get(section)
+    return table is not None and dataclasses.is_dataclass(table) and get_type_hints(table).get(key) is str
 
 
 def _build(cls: type, raw: Any, keypath: tuple[str, ...], ctx: _Ctx, top: bool = False) -> dict[str, Any]:

@@ -172,3 +172,16 @@ def test_reference_config_documents_every_key() -> None:
                for f in dataclasses.fields(sec.default_factory())  # type: ignore[misc,operator]
                if lines.find((sec.name, f.name)) in (None, lines.find((sec.name,)))]
     assert not missing, f"config.toml lacks {missing}"
+
+
+def test_override_errors_name_the_override_not_a_file_line() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config("[mqtt]\nport = 1883\n", "site.toml", ["mqtt.port=70000"])
+    assert str(e.value).startswith("override 'mqtt.port=70000': mqtt.port:"), str(e.value)
+    assert "site.toml:2" not in str(e.value)
+
+
+def test_overrides_of_text_keys_keep_the_text() -> None:
+    cfg = parse_config("", "site.toml", ["mqtt.username=1234", "mqtt.host=inf", "device.id=007"])
+    assert (cfg.mqtt.username, cfg.mqtt.host, cfg.device.id) == ("1234", "inf", "007")
+    assert parse_config("", "site.toml", ["mqtt.port=1884"]).mqtt.port == 1884  # numbers stay numbers
