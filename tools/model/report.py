@@ -72,7 +72,8 @@ def write_report(
         "",
         f"![training curve]({plot_name})",
         "",
-        "## Calibration / format comparison (validation split; shipped: the fastest within 0.05 pt of the best val accuracy)",
+        "## Calibration / format comparison "
+        "(validation split; shipped: the fastest within 0.05 pt of the best val accuracy)",
         "",
         md_table(variants, ["tag", "size_bytes", "val_acc", "val_agreement", "latency_us"]),
         "## Single-sample latency (median, 1 thread, sequential, no spinning)",
