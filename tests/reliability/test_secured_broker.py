@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,6 +189,17 @@ def test_home_assistant_cannot_publish_results_status_or_ota(sbroker: Broker, pk
     assert [t for t, _ in op.r.messages if t in refused] == []
 
 
+def _dev1_config(tmp_path: Path, sbroker: Broker, pki: Pki, **sections: dict[str, Any]) -> Path:
+    """The daemon as device dev1 on the secured broker: TLS, client certificate, password file."""
+    model, golden, _ = models(tmp_path)
+    source = {"path": str(golden), **sections.pop("source", {})}
+    return write_config(
+        tmp_path / "agent.toml", sbroker,
+        mqtt={"tls_ca": str(pki.ca), "tls_cert": str(pki.cert("dev1")), "tls_key": str(pki.key("dev1")),
+              "username": "dev1", "password_file": str(pki.password_file("dev1"))},
+        source=source, inference={"model": str(model), "golden": str(golden)}, **sections)
+
+
 def test_daemon_rediscovers_on_home_assistants_birth_over_tls(tmp_path: Path, sbroker: Broker, pki: Pki,
                                                               clients: list[TlsClient]) -> None:
     """The real daemon as dev1: it reads HA's birth message through the ACL and announces again."""
@@ -196,13 +208,8 @@ def test_daemon_rediscovers_on_home_assistants_birth_over_tls(tmp_path: Path, sb
 
     mon = _ok(clients, sbroker, pki, "monitor")
     mon.subscribe("homeassistant/+/dev1/#")
-    model, golden, _ = models(tmp_path)
-    cfg = write_config(
-        tmp_path / "agent.toml", sbroker,
-        mqtt={"tls_ca": str(pki.ca), "tls_cert": str(pki.cert("dev1")), "tls_key": str(pki.key("dev1")),
-              "username": "dev1", "password_file": str(pki.password_file("dev1"))},
-        source={"path": str(golden), "rate_hz": 20.0, "loop": True},
-        inference={"model": str(model), "golden": str(golden)}, homeassistant={"rediscover_jitter_s": 0.0})
+    cfg = _dev1_config(tmp_path, sbroker, pki, source={"rate_hz": 20.0, "loop": True},
+                       homeassistant={"rediscover_jitter_s": 0.0})
     expected = {m.topic for m in discovery_messages(load_config(cfg)) if m.payload}
     assert expected
 
@@ -237,13 +244,8 @@ def test_daemon_over_tls_with_client_certificate(tmp_path: Path, sbroker: Broker
     mon = _ok(clients, sbroker, pki, "monitor")
     mon.subscribe("digit-agent/dev1/#")
     mon.subscribe("homeassistant/#")
-    model, golden, _ = models(tmp_path)
-    cfg = write_config(
-        tmp_path / "agent.toml", sbroker,
-        mqtt={"tls_ca": str(pki.ca), "tls_cert": str(pki.cert("dev1")), "tls_key": str(pki.key("dev1")),
-              "username": "dev1", "password_file": str(pki.password_file("dev1"))},
-        source={"path": str(golden), "rate_hz": 100.0, "limit": 300},
-        inference={"model": str(model), "golden": str(golden)}, health={"interval_s": 0.5})
+    cfg = _dev1_config(tmp_path, sbroker, pki, source={"rate_hz": 100.0, "limit": 300},
+                       health={"interval_s": 0.5})
     agent = AgentProcess(cfg)
     try:
         assert agent.wait(120) == 0, agent.output()[-3000:]
