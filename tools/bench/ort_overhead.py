@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from agent.inference.model import LoadedModel
+from agent.inference.model import LoadedModel, run_options
 from tools.bench.machine import machine_info, summarise_us
 
 __all__ = ["main", "measure"]
@@ -26,7 +26,7 @@ __all__ = ["main", "measure"]
 
 def measure(model: Path, rounds: int = 10, per_round: int = 1000) -> dict[str, dict[str, float | int]]:
     lm = LoadedModel.load(model)
-    variants = {"plain RunOptions": ort.RunOptions(), "with gpu_graph_id (daemon)": lm._run_options}
+    variants = {"plain RunOptions": ort.RunOptions(), "with gpu_graph_id (daemon)": run_options()}
     samples: dict[str, list[int]] = {k: [] for k in variants}
     for _ in range(rounds):  # interleaved, so drift in machine load hits both alike
         for name, ro in variants.items():

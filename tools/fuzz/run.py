@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tools.bench.machine import git_revision
+
 __all__ = ["TARGETS", "main", "run_target"]
 
 TARGETS = ("codec", "config", "ota")
@@ -91,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_target(t, args.time, args.runs, args.work, args.strict) for t in (args.targets or TARGETS)]
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"fuzz-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=_REPO, capture_output=True,
-                            text=True).stdout.strip()
-    out.write_text(json.dumps({"commit": commit, "results": results}, indent=1))
+    out.write_text(json.dumps({"commit": git_revision(), "results": results}, indent=1))
     print(_table(results))
     print(f"summary: {out}")
     return 1 if any(r["crashed"] for r in results) else 0
