@@ -25,8 +25,11 @@ def test_soak_is_flat(tmp_path: Path) -> None:
     # shipped one makes the run inference-bound: ~2.5 min here). The full run uses the shipped one.
     model, golden, which = models(tmp_path, shipped_ok=FULL)
     frames = 1_000_000 if FULL else 100_000
-    soak.main(["--frames", str(frames), "--rate", "8000", "--interval", "1", "--model", str(model),
-               "--golden", str(golden), "--out", str(tmp_path), "--name", "soak", "--warmup-s", "15"])
+    # Sized by time, not frames: 100,000 frames at 4 kHz is 25 s of replay, so the steady phase
+    # (after 10 s of warm-up, sampled every 0.5 s) has ~30 samples even on a fast machine. (At
+    # 8 kHz with 15 s of warm-up a fast CI machine ended the replay with only 3 steady samples.)
+    soak.main(["--frames", str(frames), "--rate", "4000", "--interval", "0.5", "--model", str(model),
+               "--golden", str(golden), "--out", str(tmp_path), "--name", "soak", "--warmup-s", "10"])
     doc = json.loads((tmp_path / "soak.json").read_text())
     assert (tmp_path / "soak.png").stat().st_size > 0 and (tmp_path / "soak.csv").exists()
     record_figures("soak", {"model": which, **{k: doc.get(k) for k in (
@@ -34,7 +37,7 @@ def test_soak_is_flat(tmp_path: Path) -> None:
         "rss_steady_range_mb", "fds", "threads", "steady_samples", "mqtt")}})
     assert doc["exit_code"] == 0, doc.get("log_tail")
     assert doc["health_frames"]["in"] == frames
-    assert doc["steady_samples"] >= 4
+    assert doc.get("steady_samples", 0) >= 10, doc.get("reason")
     # No leak: the same fds and threads at the end of the steady phase as at its start. (The tool's
     # own verdict is stricter and also flags a transient extra thread seen in one sample; that is
     # recorded in the figures and reported in docs/reliability.md rather than failing CI.)
