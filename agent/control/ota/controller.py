@@ -14,51 +14,34 @@ import queue
 import re
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, TypeVar
 
 from agent.config.schema import Config
 from agent.control.commands import CommandError, parse_command
 from agent.control.ota.activation import Activation, Outcome
+from agent.control.ota.download import Download, DownloadFailed, PublisherLike
 from agent.control.ota.keys import load_keyring
 from agent.control.ota.manifest import Limits, Manifest, ManifestError, open_envelope
 from agent.control.ota.startup import TERMINAL, status_doc
 from agent.control.ota.store import Store
-from agent.control.ota.transfer import Bitmap, ChunkCorrupt, ChunkError, check_chunk, encode_request, parse_chunk
 from agent.inference import Engine
 
 __all__ = ["OtaController", "PublisherLike"]
 
 _log = logging.getLogger(__name__)
 _GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SYNC_EVERY_S = 0.5  # persist the bitmap at most this often (each sync is an fsync)
-_PROGRESS_EVERY_S = 0.5
-_MAX_BAD_COPIES = 5  # the same chunk arriving corrupted this often fails the job
-_MAX_STALL_ROUNDS = 100
 _NICE = 10  # the OTA worker yields the CPU to inference
+_F = TypeVar("_F", bound=Callable[..., None])
 
 
-class PublisherLike(Protocol):
-    def publish(self, suffix: str, payload: bytes, qos: int, retain: bool = False) -> None: ...
-
-    def subscribe(self, topic: str, handler: Any) -> None: ...
-
-    def unsubscribe(self, topic: str) -> None: ...
-
-
-@dataclass
-class _Download:
-    m: Manifest
-    envelope: bytes
-    bitmap: Bitmap
-    last_chunk: float = field(default_factory=time.monotonic)
-    last_request: float = 0.0
-    last_sync: float = field(default_factory=time.monotonic)
-    last_progress: float = 0.0
-    unsynced: int = 0
-    stall_rounds: int = 0
-    rejected_chunks: int = 0
-    bad: dict[int, int] = field(default_factory=dict)
+def _reports_failure(method: _F) -> _F:
+    """A download's local trouble (:class:`DownloadFailed`) ends it as ``failed``, wherever it surfaces."""
+    def wrapper(self: OtaController, *args: Any) -> None:
+        try:
+            method(self, *args)
+        except DownloadFailed as exc:
+            self._fail(exc)
+    return wrapper  # type: ignore[return-value]
 
 
 class OtaController:
@@ -68,7 +51,7 @@ class OtaController:
         self._cfg, self._ota, self._pub, self._stop = cfg, cfg.ota, publisher, stop
         self._q: queue.Queue[tuple[str, str, bytes]] = queue.Queue(maxsize=max(64, cfg.ota.max_chunks // 4))
         self._store: Optional[Store] = None
-        self._dl: Optional[_Download] = None
+        self._dl: Optional[Download] = None
         self._act: Optional[Activation] = None
         self._engine = engine
         self._state = "idle" if cfg.ota.enabled else "disabled"
@@ -111,7 +94,7 @@ class OtaController:
                                "reason": last.get("reason", ""), "progress": last.get("progress", 0.0),
                                "state": self._state, **self._counters}
         if dl is not None:
-            out.update(job=dl.m.job, version=dl.m.version, progress=round(dl.bitmap.have / dl.bitmap.count, 4))
+            out.update(job=dl.m.job, version=dl.m.version, progress=round(dl.fraction, 4))
         elif self._act is not None:
             out.update(self._act.stats())
         return out
@@ -239,7 +222,7 @@ class OtaController:
             _log.warning("OTA: job %s ignored, busy with %s", m.job, busy)
             return
         if self._dl is not None and self._dl.m.job == m.job:
-            self._request(self._dl, force=True)  # the operator re-pushed: tell it what is missing
+            self._dl.request(force=True)  # the operator re-pushed: tell it what is missing
             return
         state = self._store.read_state()
         if m.job in state.seen_jobs:
@@ -277,104 +260,45 @@ class OtaController:
             return
         self._on_manifest(latest[1])
 
+    @_reports_failure
     def _begin(self, m: Manifest, envelope: bytes, bits: bytes) -> None:
         assert self._store is not None
-        try:
-            self._store.begin_download(m.job, envelope, m.size)
-        except OSError as exc:
-            self._fail(m, f"cannot store the download: {exc}")
-            return
-        self._dl = dl = _Download(m, envelope, Bitmap.from_bytes(bits, m.chunk_count))
+        self._dl = None
+        self._dl = dl = Download(m, envelope, bits, store=self._store, ota=self._ota, pub=self._pub,
+                                 report=self._report, counters=self._counters)
         if m.job not in self._chunk_subs:
             self._chunk_subs.add(m.job)
             self._pub.subscribe(self._chunk_topic(m.job), self._on_chunk_msg)
-        self._progress(dl, force=True)
-        self._request(dl, force=True)
-        if dl.bitmap.complete:
+        dl.progress(force=True)
+        dl.request(force=True)
+        if dl.complete:
             self._complete(dl)
 
-    # -- chunks -------------------------------------------------------------------------------
+    @_reports_failure
     def _on_chunk(self, topic: str, payload: bytes) -> None:
         dl = self._dl
         if dl is None or topic.rsplit("/", 1)[-1] != dl.m.job:
             return
-        try:
-            index, count, data = parse_chunk(payload, self._ota.max_chunk_bytes)
-            if index in dl.bitmap:
-                return
-            check_chunk(dl.m, index, count, data)
-        except ChunkError as exc:
-            self._chunk_refused(dl, exc)
-            return
-        assert self._store is not None
-        try:
-            self._store.write_chunk(dl.m.job, index * dl.m.chunk_size, data)
-        except OSError as exc:
-            self._fail(dl.m, f"writing the download failed: {exc}")
-            return
-        self._counters["chunks"] += 1
-        dl.bitmap.add(index)
-        dl.unsynced += 1
-        dl.last_chunk, dl.stall_rounds = time.monotonic(), 0
-        self._progress(dl)
-        if dl.bitmap.complete:
+        dl.on_chunk(payload)
+        if dl.complete:
             self._complete(dl)
 
-    def _chunk_refused(self, dl: _Download, exc: ChunkError) -> None:
-        self._counters["chunks_rejected"] += 1
-        dl.rejected_chunks += 1
-        _log.warning("OTA job %s: chunk refused: %s", dl.m.job, exc)
-        if isinstance(exc, ChunkCorrupt):  # the same chunk bad again and again: the source is broken
-            dl.bad[exc.index] = dl.bad.get(exc.index, 0) + 1
-            if dl.bad[exc.index] >= _MAX_BAD_COPIES:
-                self._fail(dl.m, f"chunk {exc.index} arrived corrupted {_MAX_BAD_COPIES} times; giving up")
-
-    def _progress(self, dl: _Download, force: bool = False) -> None:
-        now = time.monotonic()
-        if dl.unsynced and (force or dl.bitmap.complete or now - dl.last_sync >= _SYNC_EVERY_S):
-            assert self._store is not None
-            try:
-                self._store.sync_download(dl.m.job, dl.bitmap.to_bytes())
-            except OSError as exc:
-                self._fail(dl.m, f"saving download progress failed: {exc}")
-                return
-            dl.unsynced, dl.last_sync = 0, now
-        if force or now - dl.last_progress >= _PROGRESS_EVERY_S:
-            dl.last_progress = now
-            self._report(status_doc("downloading", dl.m.job, dl.m.version, "",
-                                    dl.bitmap.have / dl.bitmap.count, rejected_chunks=dl.rejected_chunks))
-
-    def _request(self, dl: _Download, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and (now - dl.last_chunk < self._ota.stall_s or now - dl.last_request < self._ota.stall_s):
-            return
-        if not force:
-            dl.stall_rounds += 1
-            if dl.stall_rounds > _MAX_STALL_ROUNDS:
-                self._fail(dl.m, f"transfer stalled ({dl.bitmap.have}/{dl.bitmap.count} chunks); "
-                                 f"push the job again to resume")
-                return
-        dl.last_request = now
-        self._counters["requests"] += 1
-        self._pub.publish("ota/request", encode_request(dl.m.job, dl.bitmap.missing_ranges(), dl.bitmap.have), 1)
-
+    @_reports_failure
     def _tick(self) -> None:
-        dl = self._dl
-        if dl is not None:
-            self._progress(dl)
-            if self._dl is dl:
-                self._request(dl)
+        if self._dl is not None:
+            self._dl.progress()
+            self._dl.request()
         elif self._act is not None:
             self._act.tick()
 
-    def _fail(self, m: Manifest, reason: str) -> None:
+    def _fail(self, exc: DownloadFailed) -> None:
         """Local trouble (disk, stalled transfer): the job is not remembered, so it can be pushed again."""
         self._dl = None
-        self._report(status_doc("failed", m.job, m.version, reason))
+        self._report(status_doc("failed", exc.m.job, exc.m.version, str(exc)))
 
-    def _complete(self, dl: _Download) -> None:
+    def _complete(self, dl: Download) -> None:
         assert self._act is not None and self._store is not None
-        self._progress(dl, force=True)
+        dl.progress(force=True)
         self._dl = None
         outcome: Outcome = self._act.run(dl.m, dl.envelope, self._store.download_path(dl.m.job, "part"),
                                          dl.rejected_chunks)
