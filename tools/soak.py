@@ -6,7 +6,8 @@
 It starts its own mosquitto on a free loopback port (or uses ``--broker host:port``), a QoS 0
 subscriber that counts results and keeps the last health message, and ``python -m agent run`` with
 a replay source. Every ``--interval`` seconds it records the daemon's RSS, open fds, threads and
-CPU time. Written: ``soak-<date>.csv`` (samples), ``.json`` (summary, verdict), ``.png`` (plot).
+CPU time, and the host's CPU steal (a VM's vCPU taken away: deadline misses the daemon cannot
+help). Written: ``soak-<date>.csv`` (samples), ``.json`` (summary, verdict), ``.png`` (plot).
 
 Samples taken after the replay ended (the daemon shutting down) are plotted but not judged.
 Pass: RSS drift <= ``--max-drift-mb`` (mean of the last tenth of the samples after warm-up minus
@@ -39,7 +40,7 @@ __all__ = ["Sample", "main", "summarise"]
 
 REPO = Path(__file__).resolve().parents[1]
 Sample = dict[str, float]
-_FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu_s", "results", "stopping")
+_FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu_s", "results", "steal_s", "stopping")
 
 
 def _free_port() -> int:
@@ -132,9 +133,20 @@ def _sample(proc: psutil.Process, t0: float, results: int) -> Optional[Sample]:
             cpu = proc.cpu_times()
             return {"t_s": round(time.monotonic() - t0, 2), "rss_mb": proc.memory_info().rss / 2**20,
                     "fds": proc.num_fds(), "threads": proc.num_threads(), "cpu_s": cpu.user + cpu.system,
-                    "results": results}
+                    "results": results, "steal_s": host_steal_s()}
     except psutil.Error:
         return None  # the daemon just exited
+
+
+def host_steal_s() -> float:
+    """CPU seconds the hypervisor ran something else while this VM wanted its vCPUs (``steal`` in
+    /proc/stat, summed over CPUs; 0 on bare metal or where unreadable). A deadline miss during
+    steal is the host's, not the daemon's; the summary reports both so a reader can tell."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def summarise(samples: list[Sample], warmup_frac: float, max_drift_mb: float,
@@ -151,6 +163,7 @@ def summarise(samples: list[Sample], warmup_frac: float, max_drift_mb: float,
     last = sum(s["rss_mb"] for s in steady[-tenth:]) / tenth
     fds, threads = {s["fds"] for s in steady}, {s["threads"] for s in steady}
     out = {"samples": len(samples), "steady_samples": len(steady), "warmup_end_s": steady[0]["t_s"],
+           "host_steal_s": round(samples[-1].get("steal_s", 0.0) - samples[0].get("steal_s", 0.0), 2),
            "rss_start_mb": round(first, 3), "rss_end_mb": round(last, 3), "rss_drift_mb": round(last - first, 3),
            "rss_steady_range_mb": round(max(s["rss_mb"] for s in steady) - min(s["rss_mb"] for s in steady), 3),
            "fds": sorted(fds), "threads": sorted(threads)}

@@ -34,7 +34,7 @@ def test_soak_is_flat(tmp_path: Path) -> None:
     assert (tmp_path / "soak.png").stat().st_size > 0 and (tmp_path / "soak.csv").exists()
     record_figures("soak", {"model": which, **{k: doc.get(k) for k in (
         "frames", "health_frames", "wall_s", "inferences", "results_received", "deadline_misses", "rss_drift_mb",
-        "rss_steady_range_mb", "fds", "threads", "steady_samples", "mqtt")}})
+        "rss_steady_range_mb", "fds", "threads", "steady_samples", "host_steal_s", "mqtt")}})
     assert doc["exit_code"] == 0, doc.get("log_tail")
     assert doc["health_frames"]["in"] == frames
     assert doc.get("steady_samples", 0) >= 10, doc.get("reason")
