@@ -63,8 +63,9 @@ class Preprocessor:
         self._ones = np.ones(m, _F32)
         self._rsum = np.empty(m, _F32)
         self._csum = np.empty(m, _F32)
-        self._rmax = np.empty(m, _F32)
-        self._cmax = np.empty(m, _F32)
+        self._x = np.empty(m * m, _F32)  # ink above the bounding-box threshold
+        self._rx = np.empty(m, _F32)
+        self._cx = np.empty(m, _F32)
         self._rb = np.empty(m, np.bool_)
         self._cb = np.empty(m, np.bool_)
         # G = [k, 1] @ [[step], [-j]] = k * step - j: the broadcast as a tiny matmul (no iterator buffers).
@@ -103,7 +104,7 @@ class Preprocessor:
         if peak < self._min_contrast:
             dst.fill(self._bg_out)
             return
-        y0, y1, x0, x1 = self._bbox(h, w, peak)
+        y0, y1, x0, x1 = self._bbox(f, peak)
         res, norm = self._resize(f[y0:y1, x0:x1])
         nh, nw = res.shape
         top, left = self._placement(res)
@@ -129,7 +130,7 @@ class Preprocessor:
         return out[0] if out.ndim == 3 else out
 
     def _to_ink(self, f: np.ndarray) -> float:
-        """Make ink bright on a zero background in place; return the ink peak (row/col maxima cached)."""
+        """Make ink bright on a zero background in place; return the ink peak."""
         h, w = f.shape
         rsum, csum = self._rsum[:h], self._csum[:w]
         np.matmul(f, self._ones[:w], out=rsum)
@@ -147,16 +148,22 @@ class Preprocessor:
         else:
             np.subtract(f, _F32(border), out=f)
         np.maximum(f, self._zero, out=f)
-        rmax, cmax = self._rmax[:h], self._cmax[:w]
-        np.maximum.reduce(f, axis=1, out=rmax)
-        np.maximum.reduce(f, axis=0, out=cmax)
-        return float(np.maximum.reduce(rmax))
+        return float(np.maximum.reduce(self._f[: h * w]))  # 1-D: a 2-D reduce allocates on numpy < 2.3
 
-    def _bbox(self, h: int, w: int, peak: float) -> tuple[int, int, int, int]:
-        thr = _F32(self._thr * peak)
+    def _bbox(self, f: np.ndarray, peak: float) -> tuple[int, int, int, int]:
+        """Rows and columns holding ink above the threshold: a row's summed excess over it is > 0
+        exactly when one of its pixels is. (Row/column maxima would say the same, but a 2-D
+        ``maximum.reduce`` allocates a 16 KB iterator buffer per call on numpy < 2.3.)"""
+        h, w = f.shape
+        x = self._x[: h * w].reshape(h, w)
+        np.subtract(f, _F32(self._thr * peak), out=x)
+        np.maximum(x, self._zero, out=x)
+        rx, cx = self._rx[:h], self._cx[:w]
+        np.matmul(x, self._ones[:w], out=rx)
+        np.matmul(self._ones[:h], x, out=cx)
         rows, cols = self._rb[:h], self._cb[:w]
-        np.greater(self._rmax[:h], thr, out=rows)
-        np.greater(self._cmax[:w], thr, out=cols)
+        np.greater(rx, self._zero, out=rows)
+        np.greater(cx, self._zero, out=cols)
         y0 = int(rows.argmax())
         y1 = h - int(rows[::-1].argmax())
         x0 = int(cols.argmax())
