@@ -2,15 +2,18 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck pytest clean fuzz reliability soak bench bench-quick
+.PHONY: demo test test-lowest lint typecheck pytest clean fuzz reliability soak bench bench-quick
 
 demo:                       ## install into .venv, start a broker, the daemon, and a live subscriber
 	tools/bootstrap.sh runtime
 	$(PY) -m tools.demo
 
-test:                       ## install everything, then ruff + mypy + the whole pytest suite
+test:                       ## install everything, then ruff + mypy + the whole pytest suite + test-lowest
 	tools/bootstrap.sh dev
-	$(MAKE) lint typecheck pytest
+	$(MAKE) lint typecheck pytest test-lowest
+
+test-lowest:                ## the daemon's tests on the lowest dependency versions (tools/lowest-deps.txt)
+	tools/test-lowest.sh
 
 lint:
 	$(VENV)/bin/ruff check agent tools tests
@@ -24,7 +27,7 @@ pytest:
 include tools/model/Makefile   # model: rebuild models/ from MNIST (train, export, quantize, validate)
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .venv-lowest
 
 fuzz:                       ## coverage-guided fuzzing (atheris), FUZZ_TIME s per target; bench/results/fuzz-*.json
 	$(VENV)/bin/pip install -q atheris

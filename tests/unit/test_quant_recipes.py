@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("onnx")
+pytest.importorskip("torch")  # the train extra: absent from the lowest-versions run (make test-lowest)
 
 from tools.model.pipeline import ALL_RECIPES, parse_recipes
 from tools.model.quantize import METHODS, QuantVariant, float_nodes
