@@ -40,7 +40,7 @@ __all__ = ["Sample", "main", "summarise"]
 
 REPO = Path(__file__).resolve().parents[1]
 Sample = dict[str, float]
-_FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu_s", "results", "steal_s", "stopping")
+_FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu_s", "results", "misses", "steal_s", "stopping")
 
 
 def _free_port() -> int:
@@ -93,6 +93,12 @@ class _Counter:
             if self.health is None or doc.get("uptime_s", 0) >= self.health.get("uptime_s", 0):
                 self.health = doc
 
+    @property
+    def misses(self) -> int:
+        """Deadline misses in the newest health document (0 before the first)."""
+        with self._lock:
+            return int(((self.health or {}).get("inference") or {}).get("deadline_misses") or 0)
+
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
@@ -127,13 +133,13 @@ discovery = false
 """)
 
 
-def _sample(proc: psutil.Process, t0: float, results: int) -> Optional[Sample]:
+def _sample(proc: psutil.Process, t0: float, counter: _Counter) -> Optional[Sample]:
     try:
         with proc.oneshot():
             cpu = proc.cpu_times()
             return {"t_s": round(time.monotonic() - t0, 2), "rss_mb": proc.memory_info().rss / 2**20,
                     "fds": proc.num_fds(), "threads": proc.num_threads(), "cpu_s": cpu.user + cpu.system,
-                    "results": results, "steal_s": host_steal_s()}
+                    "results": counter.results, "misses": counter.misses, "steal_s": host_steal_s()}
     except psutil.Error:
         return None  # the daemon just exited
 
@@ -147,6 +153,27 @@ def host_steal_s() -> float:
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def miss_intervals(samples: list[Sample]) -> list[dict[str, float]]:
+    """The sampling intervals in which the deadline-miss count rose, with the host's steal (ms) in
+    that interval and the one before (health lags a sample by up to one interval)."""
+    out = []
+    for i in range(1, len(samples)):
+        rose = samples[i].get("misses", 0) - samples[i - 1].get("misses", 0)
+        if rose > 0:
+            lo = samples[max(0, i - 2)].get("steal_s", 0.0)
+            out.append({"t_s": samples[i]["t_s"], "misses": rose,
+                        "steal_ms": round((samples[i].get("steal_s", 0.0) - lo) * 1000, 1)})
+    return out
+
+
+def _steal_spread(samples: list[Sample]) -> dict[str, float]:
+    """Median and max of the steal (ms) over any two consecutive intervals: the yardstick for the
+    steal seen around the misses."""
+    w = sorted((samples[i].get("steal_s", 0.0) - samples[i - 2].get("steal_s", 0.0)) * 1000
+               for i in range(2, len(samples)))
+    return {"median": round(w[len(w) // 2], 1), "max": round(w[-1], 1)} if w else {}
 
 
 def summarise(samples: list[Sample], warmup_frac: float, max_drift_mb: float,
@@ -164,6 +191,8 @@ def summarise(samples: list[Sample], warmup_frac: float, max_drift_mb: float,
     fds, threads = {s["fds"] for s in steady}, {s["threads"] for s in steady}
     out = {"samples": len(samples), "steady_samples": len(steady), "warmup_end_s": steady[0]["t_s"],
            "host_steal_s": round(samples[-1].get("steal_s", 0.0) - samples[0].get("steal_s", 0.0), 2),
+           "miss_intervals": miss_intervals(samples),
+           "steal_ms_per_2_intervals": _steal_spread(samples),
            "rss_start_mb": round(first, 3), "rss_end_mb": round(last, 3), "rss_drift_mb": round(last - first, 3),
            "rss_steady_range_mb": round(max(s["rss_mb"] for s in steady) - min(s["rss_mb"] for s in steady), 3),
            "fds": sorted(fds), "threads": sorted(threads)}
@@ -233,7 +262,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         proc = psutil.Process(agent.pid)
         agent_log = work / "agent.log"
         while agent.poll() is None:
-            s = _sample(proc, t0, counter.results)
+            s = _sample(proc, t0, counter)
             # Once the replay has ended the daemon shuts down (threads end, sockets close): those
             # samples are plotted but are not part of the steady state.
             if s is not None:
