@@ -125,6 +125,7 @@ class Daemon:
         """Serve until SIGTERM/SIGINT (or a finite replay ends); returns the exit code."""
         self._install_signals()
         self._build()
+        _freeze_startup_objects()
         self.publisher.start()
         self.discovery.start()
         self._spawn("watchdog", self.engine.watchdog)
@@ -135,7 +136,6 @@ class Daemon:
             max_age = max(2.0, self.notifier.watchdog_interval_s)
             self.pinger = WatchdogPinger(self.notifier, self.liveness, self.stop, max_age)
             self._spawn("sd-watchdog", self.pinger.run)
-        _freeze_startup_objects()
         self.notifier.ready()
         self.notifier.status(self._status_line())
         log.info("digit-agent %s serving device %s from %s source", __version__, self.cfg.device.id,
@@ -184,6 +184,7 @@ class Daemon:
         self.discovery.stop()
         self.publisher.stop(timeout=5.0)
         log.info("stopped after %d results", self.loop.seq)
+        gc.unfreeze()  # let a test process that runs many daemons collect this one's cycles
         return 0
 
     def _install_signals(self) -> None:

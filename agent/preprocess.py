@@ -148,7 +148,7 @@ class Preprocessor:
         else:
             np.subtract(f, _F32(border), out=f)
         np.maximum(f, self._zero, out=f)
-        return float(np.maximum.reduce(self._f[: h * w]))  # 1-D: a 2-D reduce allocates on numpy < 2.3
+        return float(np.maximum.reduce(f.reshape(-1)))  # 1-D: a 2-D reduce allocates on numpy < 2.3
 
     def _bbox(self, f: np.ndarray, peak: float) -> tuple[int, int, int, int]:
         """Rows and columns holding ink above the threshold: a row's summed excess over it is > 0

@@ -6,21 +6,32 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV_LOWEST:-.venv-lowest}
+say() { printf '\033[1m[test-lowest]\033[0m %s\n' "$*" >&2; }
+# numpy 1.24.2 and onnxruntime 1.17.0 have wheels for Python 3.9-3.11 only: take the oldest of those
+# (a pyenv shim exists for every installed version but runs only the selected ones: try each).
+usable() { "$1" -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] < (3, 12))' >/dev/null 2>&1; }
 PY=${PYTHON_LOWEST:-}
 if [ -z "$PY" ]; then
-  PY=python3
-  # A pyenv shim exists for every installed version but only runs the selected ones: try each.
-  for cand in python3.9 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.9*/bin/python; do
-    if "$cand" -c "" >/dev/null 2>&1; then PY=$cand; break; fi
+  pyenv_root=${PYENV_ROOT:-${HOME:-/root}/.pyenv}
+  for cand in python3.9 "$pyenv_root"/versions/3.9*/bin/python python3.10 "$pyenv_root"/versions/3.10*/bin/python \
+              python3.11 "$pyenv_root"/versions/3.11*/bin/python python3; do
+    if usable "$cand"; then PY=$cand; break; fi
   done
+  if [ -z "$PY" ]; then
+    say "error: no Python 3.9-3.11 here; the lowest versions have no wheels for newer ones (set PYTHON_LOWEST)"
+    exit 1
+  fi
 fi
-say() { printf '\033[1m[test-lowest]\033[0m %s\n' "$*" >&2; }
+want=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ -x "$VENV/bin/python" ] && [ "$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$want" ]; then
+  rm -rf "$VENV"  # built with another interpreter
+fi
 if [ ! -x "$VENV/bin/python" ]; then
-  say "creating $VENV with $PY ($("$PY" -V 2>&1))"
+  say "creating $VENV with $PY (Python $want)"
   "$PY" -m venv "$VENV"
 fi
 pip_() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@"; }
-# Runtime dependencies pinned to their floors; test tools unpinned (onnx only builds test models).
+pip_ --upgrade pip  # an old distribution pip cannot install a pyproject-only package in editable mode
 pip_ -c tools/lowest-deps.txt -r tools/lowest-deps.txt
 pip_ -c tools/lowest-deps.txt pytest pytest-timeout hypothesis onnx
 pip_ --no-deps -e .

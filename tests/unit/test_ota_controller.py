@@ -192,3 +192,24 @@ def test_replaced_job_is_unsubscribed(tmp_path: Path) -> None:
     rig.ota._on_manifest(rig.envelope(model_bytes("good", tag=3), 3))
     assert rig.pub.unsubscribed == [CHUNK_TOPIC.format("job-v2")]
     assert CHUNK_TOPIC.format("job-v3") in rig.pub.subs and CHUNK_TOPIC.format("job-v2") not in rig.pub.subs
+
+
+def test_progress_save_failing_on_the_last_chunk_fails_once_and_installs_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    v2 = model_bytes("good", tag=2)
+    rig = Rig(tmp_path, _serving(1))
+    rig.ota._on_manifest(rig.envelope(v2, 2))
+
+    def full(self: Any, job: str, bits: bytes) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_mod.Store, "sync_download", full)  # SIMULATED disk full on the bitmap
+    rig.send_chunks("job-v2", v2)
+    states = [d["state"] for d in rig.pub.statuses() if d["job"] == "job-v2"]
+    assert states.count("failed") == 1 and states[-1] == "failed", states
+    assert "saving download progress failed" in rig.last("job-v2")["reason"]
+    assert not {"verifying", "testing", "committed"} & set(states), states  # activation never ran
+    assert rig.engine.model.version == 1 and rig.ota._dl is None

@@ -7,6 +7,7 @@ transitions: docs/ota.md. Verification, the gate and the swap live in :mod:`.act
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ _F = TypeVar("_F", bound=Callable[..., None])
 
 def _reports_failure(method: _F) -> _F:
     """A download's local trouble (:class:`DownloadFailed`) ends it as ``failed``, wherever it surfaces."""
+    @functools.wraps(method)
     def wrapper(self: OtaController, *args: Any) -> None:
         try:
             method(self, *args)
