@@ -34,7 +34,7 @@ import psutil
 from tools.fleet.plan import make_stages
 from tools.ota.package import generate_key
 
-__all__ = ["Fleet", "add_args", "run", "start_broker"]
+__all__ = ["Fleet", "add_args", "run", "start_broker", "verdict"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -234,10 +234,27 @@ def run(ns: argparse.Namespace) -> int:
     summary = {k: v for k, v in report.items() if k != "rollout"}
     summary["outcomes"] = _count(report.get("rollout", {}).get("outcome", {}))
     summary["result"] = report.get("rollout", {}).get("result")
+    ok, why = verdict(report)
+    summary["expected"], summary["verdict"] = ok, why
     print(json.dumps(summary, indent=1))
     (work / "report.json").write_text(json.dumps(report, indent=1))
-    print(f"workdir: {work}", file=sys.stderr)
-    return 0
+    print(f"workdir: {work}\nsimulate: {'PASS' if ok else 'FAIL'}: {why}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def verdict(report: dict[str, Any]) -> tuple[bool, str]:
+    """Did the rollout do what this fleet calls for? All good: every agent committed. Any bad
+    device (one is always a canary): stopped in the canary stage, the rest never sent the job."""
+    r = report.get("rollout") or {}
+    outcomes = _count(r.get("outcome", {}))
+    if not report.get("bad_devices"):
+        done = r.get("result") == "done" and outcomes.get("committed", 0) == report["agents"]
+        return done, f"result {r.get('result')}, outcomes {outcomes} of {report['agents']} agents"
+    canaries = set((r.get("stages") or [[]])[0])
+    beyond = sorted(set(r.get("sent", {})) - canaries)
+    stopped = r.get("result") == "aborted" and r.get("stage") == 0 and not beyond
+    return stopped, (f"result {r.get('result')} in stage {r.get('stage')} ({r.get('abort_reason', '')}); "
+                     f"sent beyond the canaries: {beyond[:5] or 'none'}")
 
 
 def _count(outcome: dict[str, str]) -> dict[str, int]:
