@@ -61,11 +61,9 @@ class Preprocessor:
         # Flat buffers reshaped per call: contiguous views keep numpy's ufunc iterator from allocating.
         self._f = np.empty(m * m, _F32)  # frame as float ink
         self._ones = np.ones(m, _F32)
-        self._rsum = np.empty(m, _F32)
-        self._csum = np.empty(m, _F32)
+        self._rsum = np.empty(m, _F32)  # row sums (_sums), reused by each step
+        self._csum = np.empty(m, _F32)  # column sums
         self._x = np.empty(m * m, _F32)  # ink above the bounding-box threshold
-        self._rx = np.empty(m, _F32)
-        self._cx = np.empty(m, _F32)
         self._rb = np.empty(m, np.bool_)
         self._cb = np.empty(m, np.bool_)
         # G = [k, 1] @ [[step], [-j]] = k * step - j: the broadcast as a tiny matmul (no iterator buffers).
@@ -132,9 +130,7 @@ class Preprocessor:
     def _to_ink(self, f: np.ndarray) -> float:
         """Make ink bright on a zero background in place; return the ink peak."""
         h, w = f.shape
-        rsum, csum = self._rsum[:h], self._csum[:w]
-        np.matmul(f, self._ones[:w], out=rsum)
-        np.matmul(self._ones[:h], f, out=csum)
+        rsum, csum = self._sums(f)
         total = float(np.add.reduce(rsum))
         if h <= 2 or w <= 2:
             border = total / (h * w)
@@ -158,9 +154,7 @@ class Preprocessor:
         x = self._x[: h * w].reshape(h, w)
         np.subtract(f, _F32(self._thr * peak), out=x)
         np.maximum(x, self._zero, out=x)
-        rx, cx = self._rx[:h], self._cx[:w]
-        np.matmul(x, self._ones[:w], out=rx)
-        np.matmul(self._ones[:h], x, out=cx)
+        rx, cx = self._sums(x)
         rows, cols = self._rb[:h], self._cb[:w]
         np.greater(rx, self._zero, out=rows)
         np.greater(cx, self._zero, out=cols)
@@ -169,6 +163,14 @@ class Preprocessor:
         x0 = int(cols.argmax())
         x1 = w - int(cols[::-1].argmax())
         return y0, y1, x0, x1
+
+    def _sums(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row and column sums of ``a`` into the shared buffers (matmuls: no iterator buffers)."""
+        h, w = a.shape
+        rsum, csum = self._rsum[:h], self._csum[:w]
+        np.matmul(a, self._ones[:w], out=rsum)
+        np.matmul(self._ones[:h], a, out=csum)
+        return rsum, csum
 
     def _long_table(self, n_in: int) -> np.ndarray:
         a, b = self._long_off[n_in], self._long_off[n_in + 1]
