@@ -155,24 +155,23 @@ def host_steal_s() -> float:
         return 0.0
 
 
+def _steal_ms(samples: list[Sample], i: int) -> float:
+    """Host steal (ms) in the two sampling intervals ending at sample ``i`` (health, and so the
+    miss count, lags a sample by up to one interval)."""
+    return (samples[i].get("steal_s", 0.0) - samples[max(0, i - 2)].get("steal_s", 0.0)) * 1000
+
+
 def miss_intervals(samples: list[Sample]) -> list[dict[str, float]]:
-    """The sampling intervals in which the deadline-miss count rose, with the host's steal (ms) in
-    that interval and the one before (health lags a sample by up to one interval)."""
-    out = []
-    for i in range(1, len(samples)):
-        rose = samples[i].get("misses", 0) - samples[i - 1].get("misses", 0)
-        if rose > 0:
-            lo = samples[max(0, i - 2)].get("steal_s", 0.0)
-            out.append({"t_s": samples[i]["t_s"], "misses": rose,
-                        "steal_ms": round((samples[i].get("steal_s", 0.0) - lo) * 1000, 1)})
-    return out
+    """The sampling intervals in which the deadline-miss count rose, with the steal around them."""
+    return [{"t_s": samples[i]["t_s"], "misses": rose, "steal_ms": round(_steal_ms(samples, i), 1)}
+            for i in range(1, len(samples))
+            if (rose := samples[i].get("misses", 0) - samples[i - 1].get("misses", 0)) > 0]
 
 
 def _steal_spread(samples: list[Sample]) -> dict[str, float]:
-    """Median and max of the steal (ms) over any two consecutive intervals: the yardstick for the
+    """Median and max of the same two-interval steal over the whole run: the yardstick for the
     steal seen around the misses."""
-    w = sorted((samples[i].get("steal_s", 0.0) - samples[i - 2].get("steal_s", 0.0)) * 1000
-               for i in range(2, len(samples)))
+    w = sorted(_steal_ms(samples, i) for i in range(2, len(samples)))
     return {"median": round(w[len(w) // 2], 1), "max": round(w[-1], 1)} if w else {}
 
 
