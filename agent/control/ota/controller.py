@@ -265,7 +265,7 @@ class OtaController:
     @_reports_failure
     def _begin(self, m: Manifest, envelope: bytes, bits: bytes) -> None:
         assert self._store is not None
-        self._dl = None
+        self._dl = None  # the job this replaces is over, even if this one cannot start
         self._dl = dl = Download(m, envelope, bits, store=self._store, ota=self._ota, pub=self._pub,
                                  report=self._report, counters=self._counters)
         if m.job not in self._chunk_subs:
