@@ -145,7 +145,9 @@ def test_pi_estimate_separates_fixed_cost_from_mac_work() -> None:
             {"name": "int8 tiny", "b1_p50_us": 31.0, "b1_cpu_us": 31.0, "macs": 10**5},
             {"name": "int8 big", "b1_p50_us": 70.0, "b1_cpu_us": 70.0, "macs": 4 * 10**6},
             {"name": "fp32 big", "b1_p50_us": 9.0, "b1_cpu_us": 9.0, "macs": 4 * 10**6}]
-    for r in pi_estimate({"frontier": {"rows": rows}}):
+    out = pi_estimate({"frontier": {"rows": rows}})
+    assert {r["board"] for r in out} == set(PI_FACTORS)
+    for r in out:
         f = PI_FACTORS[r["board"]]
         assert (r["fixed_cpu_us"], r["mac_cpu_us"]) == (30.0, 20.0)
         assert r["inference_cpu_us"] == round(30.0 * f["python"] + 20.0 * f["kernel"], 1)

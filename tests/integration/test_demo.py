@@ -120,7 +120,6 @@ def test_demo_exits_1_with_the_daemons_log_when_the_model_cannot_load(demo: Call
                                                                       tmp_path: Path) -> None:
     """No --seconds: without noticing the daemon's exit the demo would run until the timeout."""
     d = demo("--set", f'inference.model="{tmp_path / "missing.onnx"}"')
-    started = time.monotonic()
     rc = d.wait(90)
     err = d.stderr()
     assert rc == 1, err
@@ -128,7 +127,6 @@ def test_demo_exits_1_with_the_daemons_log_when_the_model_cannot_load(demo: Call
     tail = err[err.index("its last log lines:"):]
     assert "cannot start" in tail and "missing.onnx" in tail, tail
     assert not RESULT.search(d.stdout())
-    print(f"demo exited {time.monotonic() - started:.1f} s after start")
 
 
 def test_demo_exits_1_promptly_when_the_daemon_is_killed(demo: Callable[..., Demo]) -> None:
@@ -136,9 +134,8 @@ def test_demo_exits_1_promptly_when_the_daemon_is_killed(demo: Callable[..., Dem
     pid = int(d.wait_for(r"^daemon pid (\d+)$", 60).group(1))
     d.wait_for(RESULT.pattern, 90)  # serving
     os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    rc = d.wait(15)
-    assert rc == 1 and time.monotonic() - killed < 10
+    rc = d.wait(15)  # bounded: without noticing the exit the demo would run until its Ctrl-C
+    assert rc == 1
     err = d.stderr()
     assert "the daemon was killed by signal 9; its last log lines:" in err, err[-3000:]
     assert re.search(r"^  \| ", err[err.index("its last log lines:"):], re.MULTILINE)  # the tail follows

