@@ -78,7 +78,7 @@ def pi_estimate(doc: dict[str, Any]) -> list[dict[str, Any]]:
     if not dep:
         return []
     fixed_us, mac_us = _int8_cost_split(frontier["rows"], dep)
-    kernel_us = fixed_us + mac_us
+    kernel_us = float(dep["b1_cpu_us"])  # = fixed_us + mac_us
     frame_cpu = float(tput["cpu_us_per_frame"]) if tput else None
     wall_per_cpu = float(dep["b1_p50_us"]) / kernel_us if kernel_us else 1.0
     out = []

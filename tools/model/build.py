@@ -9,7 +9,6 @@ are made on the validation split carved from the training set, never on test.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import shutil
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from agent.inference.model import read_card
 from agent.preprocess import BOX, MNIST_MEAN, MNIST_STD
 from tools.model import pipeline
 from tools.model.card import write_card, write_golden
@@ -138,11 +138,10 @@ def _card_fields(
 
 
 def _previous_version(card: Path) -> int:
-    """Version of the card being replaced (0 if none): a rebuilt model is a new version."""
-    try:
-        return int(json.loads(card.read_text())["version"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+    """Version of the card being replaced (0 if none): a rebuilt model is a new version. An
+    unreadable card stops the build (ModelError) rather than restart at 1, which a fleet's
+    anti-rollback would refuse."""
+    return int(read_card(card, str(card)).get("version", 0))
 
 
 def _build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
