@@ -237,9 +237,9 @@ class Daemon:
 
 
 def _freeze_startup_objects() -> None:
-    """Move what start-up built (onnxruntime, numpy, paho, the config: ~31k objects) out of the
-    collector's reach. A full collection walks them all with the GIL held (median 3-6 ms, up to
-    16 ms measured here: the default deadline is 5 ms), stalling the inference loop whichever
-    thread triggers it; frozen, one takes under a microsecond."""
+    """Move what start-up built (onnxruntime, numpy, paho, the config: ~32k objects) out of the
+    collector's reach. A full collection walks them all with the GIL held (median 3-9 ms, up to
+    16 ms here: ``python -m tools.bench.gc_pause``; the default deadline is 5 ms), stalling the
+    inference loop whichever thread triggers it; frozen, one takes under a microsecond."""
     gc.collect()
     gc.freeze()
