@@ -5,6 +5,7 @@ tracemalloc window and move its peak."""
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import traceback
 from typing import Any, Callable, TypeVar
 
@@ -28,8 +29,14 @@ def in_fork(fn: Callable[[], T], timeout: float = 240.0) -> T:
     proc = ctx.Process(target=child, daemon=True)
     proc.start()
     try:
-        if not recv.poll(timeout):
-            raise TimeoutError(f"isolated measurement did not finish within {timeout:g} s")
+        # Wake on the result or on the child's death (a crash, an unpicklable result), not only
+        # on the timeout.
+        multiprocessing.connection.wait([recv, proc.sentinel], timeout)
+        if not recv.poll():
+            proc.join(5)
+            raise AssertionError(f"the forked child sent no result (exit code {proc.exitcode})"
+                                 if proc.exitcode is not None
+                                 else f"isolated measurement did not finish within {timeout:g} s")
         kind, value = recv.recv()
     finally:
         proc.join(5)
