@@ -7,8 +7,10 @@ the broken variants (NaN, wrong shape, slow, inaccurate, garbage) are built with
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import onnx
@@ -16,9 +18,39 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from onnx import TensorProto, helper, numpy_helper
 
+from agent.control.ota.keys import keyid_of, raw_public
 from agent.preprocess import Preprocessor
+from tools.ota.package import PackageSpec, build_manifest, sign
 
-__all__ = ["golden_set", "model_bytes", "write_golden", "write_pub"]
+__all__ = ["CARD", "disk_full", "envelope", "golden_set", "model_bytes", "no_space", "write_golden", "write_pub"]
+
+CARD = {"normalisation": {"mean": 0.1307, "std": 0.3081}}
+
+
+def envelope(key: Ed25519PrivateKey, model: bytes, version: int, job: str = "",
+             keys: Optional[list[Ed25519PrivateKey]] = None, **spec: Any) -> bytes:
+    """A signed OTA envelope for ``model`` (job ``job-v<version>`` unless named; ``spec`` overrides
+    :class:`PackageSpec` fields), by ``key`` or by ``keys``."""
+    s = PackageSpec(job=job or f"job-v{version}", version=version, card=CARD, chunk_size=4096,
+                    min_accuracy=0.9, max_p99_ms=20.0)
+    for k, v in spec.items():
+        setattr(s, k, v)
+    return sign(build_manifest(model, s, keyid_of(raw_public(key.public_key()))), keys or [key])
+
+
+def no_space() -> OSError:
+    """The error a full disk gives (SIMULATED: no real filesystem fills up in the tests)."""
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def disk_full(write_all: Callable[[int, bytes], None],
+              when: Callable[[bytes], bool] = lambda data: True) -> Callable[[int, bytes], None]:
+    """A stand-in for the store's ``_write_all`` that fails like a full disk when ``when(data)``."""
+    def full(fd: int, data: bytes) -> None:
+        if when(data):
+            raise no_space()
+        write_all(fd, data)
+    return full
 
 _PATTERNS = np.random.default_rng(2024).random((10, 5, 4)) < 0.5
 _PATTERNS[:, [0, 0, -1, -1], [0, -1, 0, -1]] = True  # corners always on: the bounding box is the grid

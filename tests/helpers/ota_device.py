@@ -21,13 +21,11 @@ from agent.control.ota.keys import keyid_of, raw_public
 from agent.daemon import Daemon
 from tests.helpers.broker import Broker, Collector
 from tests.helpers.daemon import write_config
-from tests.helpers.ota import model_bytes, write_golden, write_pub
-from tools.ota.package import PackageSpec, build_manifest, sign
+from tests.helpers.ota import CARD, envelope, model_bytes, write_golden, write_pub
 from tools.ota.push import Connection, Pusher, read_manifest
 
 __all__ = ["CARD", "Bench", "Device"]
 
-CARD = {"normalisation": {"mean": 0.1307, "std": 0.3081}}
 TERMINAL = ("committed", "rejected", "failed", "rolled_back")
 
 
@@ -94,11 +92,7 @@ class Bench:
 
     def envelope(self, model: bytes, version: int, job: str = "", keys: Optional[list[Ed25519PrivateKey]] = None,
                  **spec: Any) -> bytes:
-        s = PackageSpec(job=job or f"job-v{version}", version=version, card=CARD, chunk_size=4096,
-                        min_accuracy=0.9, max_p99_ms=20.0)
-        for k, v in spec.items():
-            setattr(s, k, v)
-        return sign(build_manifest(model, s, self.keyid), keys or [self.key])
+        return envelope(self.key, model, version, job, keys, **spec)
 
     def push(self, envelope: bytes, model: bytes,
              mutate: Optional[Callable[[int, bytes], list[tuple[Optional[str], bytes]]]] = None,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import errno
-import os
-
 import pytest
 
 from agent.control.ota import store as store_mod
-from tests.helpers.ota import model_bytes
+from tests.helpers.ota import disk_full, model_bytes
 from tests.helpers.ota_device import Bench, Device
 
 pytestmark = pytest.mark.integration
@@ -27,14 +24,8 @@ def test_install_without_an_update_says_so(bench: Bench, device: Device) -> None
 
 def test_install_restarts_a_failed_signed_update(bench: Bench, device: Device,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    real = store_mod._write_all
-
-    def full(fd: int, data: bytes) -> None:  # SIMULATED disk full while installing the slot
-        if len(data) == len(V2):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(fd, data)
-
-    monkeypatch.setattr(store_mod, "_write_all", full)
+    real = store_mod._write_all  # SIMULATED disk full while installing the slot:
+    monkeypatch.setattr(store_mod, "_write_all", disk_full(real, when=lambda data: len(data) == len(V2)))
     pusher = bench.push(bench.envelope(V2, 2), V2)
     try:
         assert bench.wait_state("job-v2")["state"] == "failed"

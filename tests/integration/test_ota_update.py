@@ -4,9 +4,7 @@ and the right state + reason on ``<prefix>/<id>/ota/status``."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +13,7 @@ import pytest
 
 from agent.control.ota import store as store_mod
 from tests.helpers.broker import Broker
-from tests.helpers.ota import model_bytes
+from tests.helpers.ota import disk_full, model_bytes
 from tests.helpers.ota_device import Bench, Device
 
 pytestmark = pytest.mark.integration
@@ -233,13 +231,7 @@ def test_disk_full_while_installing_fails_cleanly(bench: Bench, device: Device,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """SIMULATED disk full: the store's low-level write raises ENOSPC for the slot file."""
     real = store_mod._write_all
-
-    def full(fd: int, data: bytes) -> None:
-        if len(data) == len(V2):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(fd, data)
-
-    monkeypatch.setattr(store_mod, "_write_all", full)
+    monkeypatch.setattr(store_mod, "_write_all", disk_full(real, when=lambda data: len(data) == len(V2)))
     done = _push_and_wait(bench, bench.envelope(V2, 2), V2, "job-v2")
     assert done["state"] == "failed" and "No space left on device" in done["reason"]
     assert _state(bench)["pending"] is None and _state(bench)["committed"] is None
@@ -252,10 +244,7 @@ def test_disk_full_while_installing_fails_cleanly(bench: Bench, device: Device,
 def test_disk_full_while_downloading_fails_cleanly(bench: Bench, device: Device,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """SIMULATED disk full at the first chunk write."""
-    def full(fd: int, data: bytes) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(store_mod, "_write_all", full)
+    monkeypatch.setattr(store_mod, "_write_all", disk_full(store_mod._write_all))
     done = _push_and_wait(bench, bench.envelope(V2, 2), V2, "job-v2")
     assert done["state"] == "failed" and "No space left" in done["reason"]
     _serving_continuously(bench, device)

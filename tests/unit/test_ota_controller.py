@@ -19,14 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.config import parse_config
 from agent.control.ota import OtaController
 from agent.control.ota import store as store_mod
-from agent.control.ota.keys import keyid_of, raw_public
 from agent.control.ota.transfer import encode_chunk
 from agent.inference import Engine, LoadedModel
-from tests.helpers.ota import model_bytes, write_golden, write_pub
-from tools.ota.package import PackageSpec, build_manifest, sign
+from tests.helpers.ota import CARD, disk_full, envelope, model_bytes, no_space, write_golden, write_pub
 
-CARD = {"normalisation": {"mean": 0.1307, "std": 0.3081}}
-CHUNK = 4096
+CHUNK = 4096  # the envelope helper's chunk size
 CHUNK_TOPIC = "/digit-agent/ota/chunk/{}"
 
 
@@ -76,11 +73,7 @@ class Rig:
         assert self.ota._open_state()
 
     def envelope(self, model: bytes, version: int, job: str = "", **spec: Any) -> bytes:
-        s = PackageSpec(job=job or f"job-v{version}", version=version, card=CARD, chunk_size=CHUNK,
-                        min_accuracy=0.9, max_p99_ms=20.0)
-        for k, v in spec.items():
-            setattr(s, k, v)
-        return sign(build_manifest(model, s, keyid_of(raw_public(self.key.public_key()))), [self.key])
+        return envelope(self.key, model, version, job, **spec)
 
     def send_chunks(self, job: str, model: bytes) -> None:
         count = -(-len(model) // CHUNK)
@@ -164,19 +157,12 @@ def test_chunk_topic_unsubscribed_after_rejection(tmp_path: Path) -> None:
 
 def test_chunk_topic_unsubscribed_after_failure_and_resubscribed_on_repush(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-    import os
-
     v2 = model_bytes("good", tag=2)
     rig = Rig(tmp_path, _serving(1))
     env = rig.envelope(v2, 2)
     real = store_mod._write_all
-
-    def full(fd: int, data: bytes) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
     rig.ota._on_manifest(env)
-    monkeypatch.setattr(store_mod, "_write_all", full)  # SIMULATED disk full at the first chunk
+    monkeypatch.setattr(store_mod, "_write_all", disk_full(real))  # SIMULATED disk full at the first chunk
     rig.send_chunks("job-v2", v2)
     assert rig.last("job-v2")["state"] == "failed" and "No space left" in rig.last("job-v2")["reason"]
     topic = CHUNK_TOPIC.format("job-v2")
@@ -196,15 +182,12 @@ def test_replaced_job_is_unsubscribed(tmp_path: Path) -> None:
 
 def test_progress_save_failing_on_the_last_chunk_fails_once_and_installs_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import errno
-    import os
-
     v2 = model_bytes("good", tag=2)
     rig = Rig(tmp_path, _serving(1))
     rig.ota._on_manifest(rig.envelope(v2, 2))
 
     def full(self: Any, job: str, bits: bytes) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise no_space()
 
     monkeypatch.setattr(store_mod.Store, "sync_download", full)  # SIMULATED disk full on the bitmap
     rig.send_chunks("job-v2", v2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ from agent.control.ota.transfer import (
     parse_chunk,
     parse_request,
 )
-from tests.helpers.ota import model_bytes
+from tests.helpers.ota import disk_full, model_bytes
 from tools.ota.package import PackageSpec, build_manifest
 
 MODEL = model_bytes("good", tag=2)
@@ -108,10 +107,7 @@ def test_atomic_write_keeps_old_file_on_enospc(tmp_path: Path, monkeypatch: pyte
     p = tmp_path / "f"
     atomic_write(p, b"old")
 
-    def full(fd: int, data: bytes) -> None:  # simulated disk full: no real filesystem fills up here
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(store_mod, "_write_all", full)
+    monkeypatch.setattr(store_mod, "_write_all", disk_full(store_mod._write_all))
     with pytest.raises(OSError, match="No space"):
         atomic_write(p, b"new")
     assert p.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["f"]
