@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +20,10 @@ from agent.source.codec import encode_frame
 from agent.source.serial_source import SerialSource
 from tests.helpers.broker import free_port
 from tests.helpers.pty_pair import PtyPair
+from tests.helpers.wait import wait_until
 from tools.frame_sender import frame_stream, synthetic_frames
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 @dataclass

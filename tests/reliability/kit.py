@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 
 from tests.helpers.broker import Broker
 from tests.helpers.daemon import REPO
+from tests.helpers.wait import wait_until
 
 __all__ = ["FULL", "CuttableLink", "DurableSubscriber", "NotifyListener", "models", "persistent_broker",
            "record_figures", "wait_until"]
@@ -55,16 +56,6 @@ def persistent_broker(workdir: Path) -> Broker:
     extra = (f"persistence true\npersistence_location {store}/\nmax_queued_messages 0\n"
              "max_inflight_messages 0\nautosave_interval 3600\n")
     return Broker(workdir, extra=extra).start()
-
-
-def wait_until(pred: Callable[[], bool], timeout: float) -> bool:
-    """Poll ``pred`` until true or ``timeout`` (a safety net, never a measured assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def record_figures(scenario: str, figures: dict[str, Any]) -> None:

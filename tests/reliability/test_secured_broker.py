@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers.broker import Broker
 from tests.helpers.daemon import AgentProcess, write_config
-from tests.reliability.kit import models
+from tests.reliability.kit import models, wait_until
 from tests.reliability.secured import USERS, Pki, TlsClient, make_pki, secured_broker
 
 pytestmark = pytest.mark.integration
@@ -219,18 +219,14 @@ def test_daemon_rediscovers_on_home_assistants_birth_over_tls(tmp_path: Path, sb
     agent = AgentProcess(cfg)
     try:
         assert agent.wait_log("MQTT connected", 60), agent.output()[-3000:]
-        deadline = time.monotonic() + 30
-        while set(configs()) != expected and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: set(configs()) == expected, 30)
         assert set(configs()) == expected, configs()
         time.sleep(1.0)
         n = len(configs())
         assert n == len(expected), "announced once before the birth message"
         ha = _ok(clients, sbroker, pki, "homeassistant")
         assert ha.publish("homeassistant/status", b"online") == 0
-        deadline = time.monotonic() + 30
-        while len(configs()) < n + len(expected) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(configs()) >= n + len(expected), 30)
         assert len(configs()) >= n + len(expected), agent.output()[-3000:]
     finally:
         agent.stop()

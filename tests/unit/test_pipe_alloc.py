@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import tracemalloc
 
 import numpy as np
@@ -16,6 +15,7 @@ import agent.source.pipe
 from agent.config.schema import SourceConfig
 from agent.ring import FrameRing
 from agent.source.pipe import PipeSource
+from tests.helpers.wait import wait_until
 
 WARMUP, TRACED = 500, 10_000
 W, H = 160, 120
@@ -25,15 +25,6 @@ def _write_all(fd: int, frame: memoryview) -> None:
     off = 0
     while off < len(frame):
         off += os.write(fd, frame[off:])
-
-
-def _wait(pred: object, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.mark.timeout(300)
@@ -61,14 +52,14 @@ def test_no_memory_growth_per_frame(fmt: str, max_fps: float) -> None:
     reader.start()
     writer.start()
     try:
-        assert _wait(lambda: src.frames_seen == WARMUP), src.stats()
+        assert wait_until(lambda: src.frames_seen == WARMUP, 60), src.stats()
         files = [tracemalloc.Filter(True, agent.source.pipe.__file__),
                  tracemalloc.Filter(True, agent.ring.__file__)]
         tracemalloc.start()
         before = tracemalloc.take_snapshot().filter_traces(files)
         base, _ = tracemalloc.get_traced_memory()
         go.set()
-        assert _wait(lambda: src.frames_seen == WARMUP + TRACED), src.stats()
+        assert wait_until(lambda: src.frames_seen == WARMUP + TRACED, 60), src.stats()
         after = tracemalloc.take_snapshot().filter_traces(files)
         current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -103,7 +94,7 @@ def test_proc_fd_path_is_a_real_pipe_reader() -> None:
         stop = threading.Event()
         t = threading.Thread(target=src.run, args=(ring, stop), daemon=True)
         t.start()
-        assert _wait(lambda: src.frames_ok == 1, 10)
+        assert wait_until(lambda: src.frames_ok == 1, 10)
         stop.set()
         t.join(5)
         assert int(ring.pixels[0].sum()) == 5 * 16

@@ -18,6 +18,7 @@ from agent.config.schema import SourceConfig
 from agent.ring import FrameRing
 from agent.source.factory import make_source
 from agent.source.pipe import PipeSource, RateGate, frame_layout
+from tests.helpers.wait import wait_until
 
 
 def _cfg(path: str, w: int = 16, h: int = 8, fmt: str = "gray", **kw: Any) -> SourceConfig:
@@ -29,15 +30,6 @@ def _frame(k: int, w: int, h: int, fmt: str) -> bytes:
     """Y plane = a ramp offset by k (so frames and rows are distinguishable); chroma = 0xEE."""
     y = ((np.arange(w * h) + 7 * k) % 200).astype(np.uint8).tobytes()
     return y + (b"\xee" * (w * h // 2) if fmt == "yuv420" else b"")
-
-
-def _wait(pred: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return bool(pred())
 
 
 @contextmanager
@@ -89,7 +81,7 @@ def test_frames_land_in_ring_with_roi_and_chroma_skipped(fifo: str, fmt: str) ->
         with open(fifo, "wb", buffering=0) as f:
             for i in range(0, len(data), 37):  # chunks that straddle rows, planes and frames
                 f.write(data[i:i + 37])
-        assert _wait(lambda: src.stats()["bytes_in"] == len(data) and src.stats()["state"] == "down")
+        assert wait_until(lambda: src.stats()["bytes_in"] == len(data) and src.stats()["state"] == "down")
         frames = _drain(ring)
     assert [seq for seq, _ in frames] == list(range(n))
     for k, (_, view) in enumerate(frames):
@@ -109,12 +101,12 @@ def test_partial_frame_is_reported_and_next_writer_starts_aligned(fifo: str,
     with _running(src, ring):
         with open(fifo, "wb") as f:
             f.write(_frame(0, w, h, "yuv420") + _frame(1, w, h, "yuv420")[:100])
-        assert _wait(lambda: src.stats()["partial_frames"] == 1)
+        assert wait_until(lambda: src.stats()["partial_frames"] == 1)
         assert src.stats()["state"] == "down"
         with open(fifo, "wb") as f:  # a new producer: frame boundary again
             f.write(_frame(2, w, h, "yuv420"))
-        assert _wait(lambda: src.stats()["frames_ok"] == 2)
-        assert _wait(lambda: src.reopens == 2)  # reopened after each producer
+        assert wait_until(lambda: src.stats()["frames_ok"] == 2)
+        assert wait_until(lambda: src.reopens == 2)  # reopened after each producer
         frames = _drain(ring)
     assert [seq for seq, _ in frames] == [0, 1]
     np.testing.assert_array_equal(frames[1][1].ravel(), np.frombuffer(_frame(2, w, h, "yuv420")[:w * h],
@@ -130,18 +122,18 @@ def test_missing_fifo_is_retried_until_it_appears(tmp_path: Path) -> None:
     src = PipeSource(_cfg(path))
     ring = FrameRing(4, 8, 16)
     with _running(src, ring):
-        assert _wait(lambda: src.open_failures >= 2)
+        assert wait_until(lambda: src.open_failures >= 2)
         assert src.stats()["state"] == "down" and "cannot open" in str(src.stats()["last_error"])
         os.mkfifo(path)
         with open(path, "wb") as f:
             f.write(_frame(0, 16, 8, "gray"))
-        assert _wait(lambda: src.stats()["frames_ok"] == 1)
+        assert wait_until(lambda: src.stats()["frames_ok"] == 1)
 
 
 def test_stop_while_waiting_for_a_writer(fifo: str) -> None:
     src = PipeSource(_cfg(fifo))
     with _running(src, FrameRing(4, 8, 16)):
-        assert _wait(lambda: src.opens == 1)
+        assert wait_until(lambda: src.opens == 1)
         time.sleep(0.05)
     assert src.stats()["state"] == "stopped"
 
@@ -152,7 +144,7 @@ def test_stop_mid_frame_is_not_a_partial_frame(fifo: str) -> None:
     # The writer is opened after the source holds the read end and stays open: no EOF, only stop.
     with _running(src, ring) as stop, open(fifo, "wb", buffering=0) as f:
         f.write(_frame(0, 16, 8, "gray")[:50])
-        assert _wait(lambda: src.stats()["bytes_in"] == 50)
+        assert wait_until(lambda: src.stats()["bytes_in"] == 50)
         stop.set()
     assert src.stats()["partial_frames"] == 0 and ring.pending() == 0
 
@@ -168,7 +160,7 @@ def test_stdin_eof_is_down_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
         with _running(src, ring):
             os.write(w, _frame(0, 16, 8, "gray") * 3)
             os.close(w)
-            assert _wait(lambda: src.stats()["bytes_in"] == 3 * 128 and src.stats()["state"] == "down")
+            assert wait_until(lambda: src.stats()["bytes_in"] == 3 * 128 and src.stats()["state"] == "down")
             time.sleep(0.1)  # no reopen of stdin
             st = src.stats()
         assert (st["frames_ok"], st["reopens"], st["partial_frames"]) == (3, 0, 0)
@@ -210,7 +202,7 @@ def test_max_fps_skips_and_counts_every_frame(fifo: str) -> None:
     with _running(src, ring):
         with open(fifo, "wb") as f:
             f.write(b"".join(_frame(k, 16, 8, "gray") for k in range(n)))
-        assert _wait(lambda: src.stats()["bytes_in"] == n * 128 and src.stats()["state"] == "down")
+        assert wait_until(lambda: src.stats()["bytes_in"] == n * 128 and src.stats()["state"] == "down")
         frames = _drain(ring)
     assert src.frames_ok + src.frames_skipped == n
     assert 1 <= src.frames_ok < n and frames[0][0] == 0
