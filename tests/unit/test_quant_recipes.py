@@ -51,3 +51,9 @@ def test_float_first_keeps_only_the_first_conv_in_float(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     assert float_nodes(path, QuantVariant()) == ["soft"]
     assert float_nodes(path, QuantVariant(float_first=True)) == ["soft", "conv_a"]
+
+
+@pytest.mark.parametrize("spec", ["qdq:u8:r8", "qdq", "foo:u8", "qdq:x8", "qoperator:u8,qdq:u8:f2"])
+def test_malformed_recipes_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError, match="--recipes"):
+        parse_recipes(spec)

@@ -116,11 +116,17 @@ ACC_TOLERANCE = 0.0005
 
 
 def parse_recipes(spec: str) -> list[tuple[str, str, bool, bool]]:
-    """'fmt:act[:r7][:f1],...' -> [(fmt, act, reduce_range, float_first)], e.g. 'qoperator:u8:r7:f1'."""
+    """'fmt:act[:r7][:f1],...' -> [(fmt, act, reduce_range, float_first)], e.g. 'qoperator:u8:r7:f1'.
+    Checked by the card tag's own parser (:meth:`QuantVariant.from_tag`): a typo is an error."""
     out = []
     for item in spec.split(","):
-        parts = item.strip().split(":")
-        out.append((parts[0], parts[1], "r7" in parts[2:], "f1" in parts[2:]))
+        fmt, act, *flags = [*item.strip().split(":"), ""]  # "" keeps a missing act malformed
+        try:
+            v = QuantVariant.from_tag("-".join(["minmax", fmt, f"{act}s8", *filter(None, flags)]))
+        except ValueError:
+            raise ValueError(f"--recipes: {item.strip()!r} is not fmt:act[:r7][:f1] "
+                             "(fmt qdq|qoperator, act u8|s8)") from None
+        out.append((v.fmt, v.activations, v.reduce_range, v.float_first))
     return out
 
 
