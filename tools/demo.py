@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,25 +24,18 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import Config, ConfigError, load_config
+from tools.localbroker import free_port, mosquitto_exe, start_mosquitto, stop_process, wait_port
 
 __all__ = ["main"]
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_broker(port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     """(process, MQTT protocol, which broker) for a broker listening on 127.0.0.1:``port``."""
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    exe = mosquitto_exe()
     if exe:
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        return subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL), "5", f"mosquitto ({exe})"
+        return start_mosquitto(workdir, port), "5", f"mosquitto ({exe})"
     print("mosquitto is not installed: using the embedded Python broker (amqtt, MQTT 3.1.1)", flush=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "amqtt"], check=True)
     conf = workdir / "amqtt.yaml"
@@ -55,17 +45,6 @@ def _start_broker(port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], st
     amqtt = Path(sys.executable).with_name("amqtt")
     return (subprocess.Popen([str(amqtt), "-c", str(conf)], stderr=subprocess.DEVNULL), "3.1.1",
             "embedded amqtt (mosquitto is not installed)")
-
-
-def _wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"broker did not start on port {port}")
 
 
 class _Printer:
@@ -128,7 +107,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="override one config key for the daemon (repeatable), as `digit-agent run --set`")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="digit-demo-") as tmp:
-        port = _free_port()
+        port = free_port()
         broker, protocol, which = _start_broker(port, Path(tmp))
         try:
             overrides = [*args.set, 'mqtt.host="127.0.0.1"', f"mqtt.port={port}",
@@ -138,7 +117,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             except ConfigError as exc:
                 print("\n".join(f"error: {line}" for line in exc.problems), file=sys.stderr)
                 return 2
-            _wait_port(port, 15)
+            if not wait_port(port, 15):
+                raise SystemExit(f"broker did not start on port {port}")
             print(f"broker: {which} on 127.0.0.1:{port} (MQTT {protocol}); starting the daemon…", flush=True)
             cmd = [sys.executable, "-m", "agent", "run", "--config", args.config]
             for item in overrides:
@@ -149,20 +129,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             try:
                 return _subscribe(port, protocol, cfg, args, daemon, broker, log)
             finally:
-                _stop(daemon, 15)
+                stop_process(daemon, 15)
                 log.tail()  # let its last (shutdown) lines through before we exit
         finally:
-            _stop(broker, 10)
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+            stop_process(broker, 10)
 
 
 def _labels(cfg: Config) -> Optional[np.ndarray]:

@@ -22,8 +22,6 @@ import contextlib
 import csv
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +34,8 @@ import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tools.localbroker import free_port, start_mosquitto
+
 __all__ = ["Sample", "main", "summarise"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,29 +43,9 @@ Sample = dict[str, float]
 _FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu_s", "results", "misses", "steal_s", "stopping")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = _free_port()
-    conf = work / "mosquitto.conf"
-    user = "user root\n" if os.geteuid() == 0 else ""  # as "mosquitto" it could not write the log here
-    conf.write_text(f"persistence false\n{user}log_dest file {work / 'mosquitto.log'}\n"
-                    f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start")
+    port = free_port()
+    return start_mosquitto(work, port), port
 
 
 class _Counter:

@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 
 from tools.fleet.plan import make_stages
+from tools.localbroker import start_mosquitto
 from tools.ota.package import generate_key
 
 __all__ = ["Fleet", "add_args", "run", "start_broker", "verdict"]
@@ -136,15 +137,7 @@ class Fleet:
 
 
 def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"persistence false\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
-                    f"max_queued_messages 10000\nlog_dest file {workdir / 'mosquitto.log'}\n")
-    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    if proc.poll() is not None:
-        raise RuntimeError(f"mosquitto exited: {(workdir / 'mosquitto.log').read_text(errors='replace')[-500:]}")
-    return proc
+    return start_mosquitto(workdir, port, "max_queued_messages 10000\n")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
