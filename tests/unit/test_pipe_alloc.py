@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import agent.source.pipe
 from agent.config.schema import SourceConfig
 from agent.ring import FrameRing
 from agent.source.pipe import PipeSource
+from tests.helpers.isolated import in_fork
 from tests.helpers.wait import wait_until
 
 WARMUP, TRACED = 500, 10_000
@@ -27,9 +29,7 @@ def _write_all(fd: int, frame: memoryview) -> None:
         off += os.write(fd, frame[off:])
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("fmt,max_fps", [("gray", 0.0), ("yuv420", 1000.0)])
-def test_no_memory_growth_per_frame(fmt: str, max_fps: float) -> None:
+def _pipe_allocation(fmt: str, max_fps: float) -> dict[str, Any]:
     r, w = os.pipe()
     cfg = SourceConfig(type="pipe", path=f"/proc/self/fd/{r}", width=W, height=H, pixel_format=fmt,
                        roi=(60, 40, 40, 40), max_fps=max_fps)
@@ -70,17 +70,27 @@ def test_no_memory_growth_per_frame(fmt: str, max_fps: float) -> None:
         reader.join(5)
         os.close(w)
         os.close(r)
-    growth = sum(s.size_diff for s in after.compare_to(before, "lineno"))
-    print(f"\n{fmt} max_fps={max_fps}: {src.stats()}; growth in source+ring {growth} B, "
-          f"whole process {current - base} B (peak {peak - base} B) over {TRACED} frames")
+    diffs = after.compare_to(before, "lineno")
+    return {"growth": sum(d.size_diff for d in diffs), "top": [str(d) for d in diffs[:5]],
+            "current": current - base, "peak": peak - base, "frame_bytes": src.frame_bytes,
+            "stats": src.stats(), "frames_skipped": src.frames_skipped}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fmt,max_fps", [("gray", 0.0), ("yuv420", 1000.0)])
+def test_no_memory_growth_per_frame(fmt: str, max_fps: float) -> None:
+    # In a forked child: threads other tests left running cannot allocate inside the window.
+    m = in_fork(lambda: _pipe_allocation(fmt, max_fps))
+    print(f"\n{fmt} max_fps={max_fps}: {m['stats']}; growth in source+ring {m['growth']} B, "
+          f"whole process {m['current']} B (peak {m['peak']} B) over {TRACED} frames")
     # A few live int counters (replaced, not accumulated) remain; one byte per frame would be 10 kB.
-    assert growth < 1024, [str(s) for s in after.compare_to(before, "lineno")[:5]]
-    assert current - base < 64 * 1024  # the test's own polling and thread bookkeeping, not per frame
+    assert m["growth"] < 1024, m["top"]
+    assert m["current"] < 64 * 1024  # the test's own polling and thread bookkeeping, not per frame
     # A frame-sized temporary (e.g. read() instead of readinto) would lift the peak by frame_bytes.
-    assert peak - base < src.frame_bytes // 2, f"transient peak {peak - base} B"
-    assert src.stats()["partial_frames"] == 0
+    assert m["peak"] < m["frame_bytes"] // 2, f"transient peak {m['peak']} B"
+    assert m["stats"]["partial_frames"] == 0
     if max_fps:
-        assert src.frames_skipped > 0  # the skip path was traced too
+        assert m["frames_skipped"] > 0  # the skip path was traced too
 
 
 def test_proc_fd_path_is_a_real_pipe_reader() -> None:
