@@ -98,7 +98,8 @@ class Daemon:
         self.publisher = Publisher(cfg, self.stop)
         self.loop = InferenceLoop(self.ring, self.engine, self.pre, self.publisher.publish, cfg.mqtt.qos,
                                   min(cfg.inference.batch_max, model.batch_max), self.stop, self.liveness.beat,
-                                  drop_stale=self.source.live, on_stop=self._stopping)
+                                  max_frame_age_ms=cfg.source.max_frame_age_ms if self.source.live else 0.0,
+                                  on_stop=self._stopping)
         self.ota = OtaController(cfg, self.publisher, self.engine, self.stop)
         self.discovery = Discovery(cfg, self.publisher, self.stop, hw_version=platform.machine())
         self.health = HealthSampler(cfg.health.thermal_zone, {

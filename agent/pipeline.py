@@ -32,7 +32,7 @@ ResultSink = Callable[[str, bytes, int], None]
 class InferenceLoop:
     def __init__(self, ring: FrameRing, engine: Engine, pre: Preprocessor, sink: ResultSink,
                  qos: int, batch_max: int, stop: threading.Event,
-                 beat: Callable[[str], None] = lambda name: None, drop_stale: bool = True,
+                 beat: Callable[[str], None] = lambda name: None, max_frame_age_ms: float = 0.0,
                  on_stop: Callable[[], None] = lambda: None) -> None:
         self.ring, self.engine, self.pre, self.sink = ring, engine, pre, sink
         self.qos, self.batch_max, self.stop, self.beat, self.on_stop = qos, batch_max, stop, beat, on_stop
@@ -40,7 +40,9 @@ class InferenceLoop:
         self._encoder = ResultEncoder(self.boot_id)
         self.seq = 0  # result sequence number, monotonic per boot
         self.stale_dropped = 0
-        self._drop_stale = drop_stale
+        # A frame's age limit (source.max_frame_age_ms), not the inference deadline: a slower CPU
+        # misses deadlines (counted) but must not lose frames for it. 0 = never drop (replay).
+        self._max_age_ns = int(max_frame_age_ms * 1e6)
         self.last_digit: Optional[int] = None
         self.last_confidence: Optional[float] = None
         self._idx = np.zeros(batch_max, dtype=np.int64)
@@ -69,13 +71,13 @@ class InferenceLoop:
         return n
 
     def _serve(self, n: int) -> None:
-        engine, ring = self.engine, self.ring
+        engine, ring, max_age = self.engine, self.ring, self._max_age_ns
         now = time.monotonic_ns()
         m = 0
         for k in range(n):
             i = int(self._idx[k])
-            if self._drop_stale and now - int(ring.t_ns[i]) > engine.deadline_ns:
-                self.stale_dropped += 1  # too old to be useful: drop, don't infer late
+            if max_age and now - int(ring.t_ns[i]) > max_age:
+                self._drop_stale(now - int(ring.t_ns[i]))  # too old to be useful: drop, don't infer late
                 continue
             self._keep[m] = i
             m += 1
@@ -91,6 +93,13 @@ class InferenceLoop:
             log.error("inference failed, %d frame(s) skipped: %s", m, exc)
             return
         self._publish(m, y, latency_ns)
+
+    def _drop_stale(self, age_ns: int) -> None:
+        self.stale_dropped += 1
+        if self.stale_dropped == 1:  # once per boot: say which key decides, the counter says how many
+            log.warning("dropped a frame that waited %.0f ms for inference (source.max_frame_age_ms = %.0f); "
+                        "further drops are counted in health frames.dropped_stale",
+                        age_ns / 1e6, self._max_age_ns / 1e6)
 
     def _publish(self, m: int, y: np.ndarray, latency_ns: int) -> None:
         engine, ring = self.engine, self.ring

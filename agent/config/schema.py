@@ -91,6 +91,9 @@ class SourceConfig:
     # buffers
     ring_slots: int = _f(16, "preallocated frame slots; the oldest frame is dropped when full", min=2, max=4096)
     max_frame_side: int = _f(64, "largest accepted frame width/height for serial/replay", min=8, max=255)
+    max_frame_age_ms: float = _f(1000.0, "serial/pipe: a frame that waited longer than this for inference "
+                                         "is dropped and counted (health frames.dropped_stale); 0 = never drop",
+                                 min=0.0, max=3_600_000.0)
 
 
 @dataclass(frozen=True)

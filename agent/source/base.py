@@ -22,7 +22,7 @@ class FrameSource(Protocol):
     """
 
     name: str
-    # A live source (sensor) drops frames that waited past their deadline; a file replay is lossless.
+    # A live source (sensor) drops frames older than source.max_frame_age_ms; a file replay is lossless.
     live: bool
 
     def run(self, ring: FrameRing, stop: threading.Event) -> None: ...

@@ -1,4 +1,5 @@
-"""The inference loop's policies: stale live frames are dropped and counted, replay frames never."""
+"""The inference loop's policies: live frames older than their age limit are dropped and counted,
+replay frames never; the inference deadline only flags late results."""
 
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ from tests.helpers.models import make_model
 
 
 @pytest.mark.parametrize("live", [True, False])
-def test_frames_older_than_the_deadline(tmp_path: Path, live: bool) -> None:
+def test_frames_older_than_their_age_limit(tmp_path: Path, live: bool) -> None:
     model = LoadedModel.load(make_model(tmp_path / "m.onnx"), card={"version": 3})
+    # The deadline (1 ms) is far below the frames' ages: it must not decide what is dropped.
     engine = Engine(model, deadline_ms=1.0, watchdog_factor=100, stop=threading.Event())
     ring = FrameRing(8, 28, 28)
     out: list[bytes] = []
     loop = InferenceLoop(ring, engine, Preprocessor(max_side=28), lambda s, p, q: out.append(p), 0, 4,
-                         threading.Event(), drop_stale=live)
+                         threading.Event(), max_frame_age_ms=500.0 if live else 0.0)
     now = time.monotonic_ns()
-    for seq, age_ms in enumerate([50, 0, 50, 0]):
+    for seq, age_ms in enumerate([5000, 50, 5000, 0]):
         i = ring.acquire()
         ring.pixels[i, 10:18, 12:16] = 255
         ring.commit(i, 28, 28, seq, now - age_ms * 1_000_000)
@@ -37,14 +39,14 @@ def test_frames_older_than_the_deadline(tmp_path: Path, live: bool) -> None:
 
 def test_waiting_frames_run_as_one_batch_and_late_results_say_so(tmp_path: Path) -> None:
     # The slow model takes far longer than a 1 µs deadline, so the batch certainly misses it;
-    # drop_stale is off (replay), or every frame would be dropped as too old before inference.
+    # no age limit (replay), or every frame would be dropped as too old before inference.
     model = LoadedModel.load(make_model(tmp_path / "slow.onnx", "slow", slow_steps=400), batch_max=4,
                              card={"version": 1})
     engine = Engine(model, deadline_ms=0.001, watchdog_factor=1000, stop=threading.Event())
     ring = FrameRing(8, 28, 28)
     out: list[bytes] = []
     loop = InferenceLoop(ring, engine, Preprocessor(max_side=28), lambda s, p, q: out.append(p), 0, 4,
-                         threading.Event(), drop_stale=False)
+                         threading.Event(), max_frame_age_ms=0.0)
     for seq in range(4):
         i = ring.acquire()
         ring.pixels[i, 10:18, 12:16] = 255
