@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from agent.config.schema import Config
+from agent.config.schema import RESERVED_DEVICE_IDS, Config
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -238,7 +238,8 @@ def _limit_problem(value: Any, meta: Mapping[str, Any]) -> Optional[str]:
         return f"{value!r} is not one of {', '.join(map(repr, choices))}{hint}"
     pattern = meta.get("pattern")
     if pattern and not re.fullmatch(pattern, value):
-        return f"{value!r} does not match {pattern}"
+        rule = meta.get("rule")
+        return f"{value!r} is not allowed: {rule}" if rule else f"{value!r} does not match {pattern}"
     return None
 
 
@@ -251,6 +252,9 @@ def _resolve_path(value: str, base: Path) -> str:
 
 def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
     m, s = cfg.mqtt, cfg.source
+    if cfg.device.id in RESERVED_DEVICE_IDS:
+        ctx.error(("device", "id"), f"{cfg.device.id!r} is reserved: {', '.join(RESERVED_DEVICE_IDS)} are "
+                  "fleet-wide topic levels or broker user names")
     if s.ring_slots <= cfg.inference.batch_max:
         # The inference loop holds up to batch_max slots while it serves a batch and the source
         # needs one more to write into: with fewer, FrameRing.acquire fails and the daemon stops.

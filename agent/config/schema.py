@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 __all__ = [
+    "DEVICE_ID_PATTERN",
+    "DEVICE_ID_RULE",
+    "RESERVED_DEVICE_IDS",
     "Config",
     "DeviceConfig",
     "HealthConfig",
@@ -29,12 +32,21 @@ def _f(default: Any, doc: str, **limits: Any) -> Any:
 
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# The device id is a topic level, the MQTT user name the broker ACL substitutes for %u, and Home
+# Assistant's discovery node id, which HA only accepts in [a-zA-Z0-9_-]: used verbatim everywhere,
+# so two different ids never meet in one topic, unique_id or device identifier.
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+DEVICE_ID_RULE = ("1 to 64 characters from A-Z a-z 0-9 _ - (Home Assistant's discovery node ids and "
+                  "mosquitto's %u ACL patterns accept nothing else; '.', '/', spaces are refused)")
+# Topic levels of the fleet-wide OTA topics and the broker users of deploy/mosquitto/acl.
+RESERVED_DEVICE_IDS = ("group", "ota", "operator", "monitor", "homeassistant")
 _TOPIC_PATTERN = r"^[^#+\x00]{1,128}$"
 
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    id: str = _f("digit-demo", "device id, used in topics and as MQTT client id", pattern=_ID_PATTERN)
+    id: str = _f("digit-demo", "device id, used verbatim in topics, as MQTT client id and user name, and "
+                               "as Home Assistant node id", pattern=DEVICE_ID_PATTERN, rule=DEVICE_ID_RULE)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import threading
 import time
 from typing import Any, Callable, NamedTuple, Optional, Protocol
@@ -44,6 +43,7 @@ __all__ = [
     "entity_configs",
     "node_id",
     "removal_messages",
+    "unique_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,20 @@ class DiscoveryMessage(NamedTuple):
 
 
 def node_id(device_id: str) -> str:
-    """The device id in the characters HA allows in discovery topics and entity ids."""
-    return re.sub(r"[^a-z0-9_]", "_", device_id.lower())
+    """The discovery node id: the device id itself. The config schema restricts device ids to
+    ``[A-Za-z0-9_-]``, the characters HA accepts in a node id, so no mapping is needed and two
+    different devices never share a node (and the broker ACL's ``%u`` matches it)."""
+    return device_id
+
+
+def unique_id(device_id: str, key: str) -> str:
+    """``digit_agent_<id>_<key>``: namespaced so it cannot meet another integration's ids."""
+    return f"digit_agent_{device_id}_{key}"
+
+
+def _entity_slug(device_id: str) -> str:
+    """The object id part of the suggested entity id (HA entity ids are ``[a-z0-9_]``)."""
+    return device_id.lower().replace("-", "_")
 
 
 def _num(path: str, scale: str = "", ndigits: int = 1) -> str:
@@ -120,7 +132,7 @@ _UPDATE_TEMPLATE = (
 
 def _device(cfg: Config, hw_version: str) -> dict[str, Any]:
     dev: dict[str, Any] = {
-        "identifiers": [f"digit_agent_{node_id(cfg.device.id)}"],
+        "identifiers": [f"digit_agent_{cfg.device.id}"],
         "name": cfg.homeassistant.node_name or cfg.device.id,
         "manufacturer": "digit-agent",
         "model": "digit-agent int8 digit recogniser",
@@ -133,7 +145,7 @@ def _device(cfg: Config, hw_version: str) -> dict[str, Any]:
 
 def entity_configs(cfg: Config, hw_version: str = "") -> list[tuple[str, str, dict[str, Any]]]:
     """``(component, key, config)`` for every entity of this device, in a stable order."""
-    node = node_id(cfg.device.id)
+    dev_id, slug = cfg.device.id, _entity_slug(cfg.device.id)
     common: dict[str, Any] = {
         "availability": [{"topic": cfg.topic("status"), "value_template": _AVAILABILITY_TEMPLATE,
                           "payload_available": "online", "payload_not_available": "offline"}],
@@ -143,11 +155,11 @@ def entity_configs(cfg: Config, hw_version: str = "") -> list[tuple[str, str, di
     }
     out: list[tuple[str, str, dict[str, Any]]] = []
     for key, (suffix, extra) in _SENSORS.items():
-        conf = {"unique_id": f"{node}_{key}", "default_entity_id": f"sensor.{node}_{key}",
+        conf = {"unique_id": unique_id(dev_id, key), "default_entity_id": f"sensor.{slug}_{key}",
                 "state_topic": cfg.topic(suffix), **extra, **common}
         out.append(("sensor", key, conf))
     out.append(("update", "model", {
-        "unique_id": f"{node}_model", "default_entity_id": f"update.{node}_model",
+        "unique_id": unique_id(dev_id, "model"), "default_entity_id": f"update.{slug}_model",
         "name": "Model", "title": "Digit model", "entity_category": "config",
         "state_topic": cfg.topic("health"), "value_template": _UPDATE_TEMPLATE,
         "command_topic": cfg.topic("cmd"), "payload_install": INSTALL_PAYLOAD, "retain": False,

@@ -57,7 +57,7 @@ def test_announce_rebirth_and_broker_restart(broker: Broker, stop: threading.Eve
 
         broker.restart()  # persistence off: retained configs are gone until the device re-announces
         assert pub.wait_connected(15)
-        col2 = Collector(broker, "homeassistant/+/ha_dev/+/config")
+        col2 = Collector(broker, "homeassistant/+/ha-dev/+/config")
         assert col2.wait_for(lambda c: set(_configs(c)) == expected, 20), _configs(col2)
         col2.close()
         assert disc.announced >= 3

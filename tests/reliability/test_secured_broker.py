@@ -23,11 +23,16 @@ pytestmark = pytest.mark.integration
 
 _NOT_AUTHORIZED = 0x87  # MQTT 5 reason code on PUBACK/SUBACK for an ACL refusal
 _BAD_CREDENTIALS = 0x86
+_NO_SUBSCRIBERS = 0x10  # PUBACK success: accepted, nobody subscribed
+
+
+# Device ids as users name them (README's, mixed case, 16 characters): each must appear in HA.
+HA_IDS = ("pi-042", "Kitchen_Sensor-2", "hall-cam_0123456")
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"), *USERS)
+    return make_pki(tmp_path_factory.mktemp("pki"), *USERS, *HA_IDS)
 
 
 @pytest.fixture
@@ -256,3 +261,57 @@ def test_daemon_over_tls_with_client_certificate(tmp_path: Path, sbroker: Broker
     # Discovery (when the daemon publishes it) must stay under node id dev1, where the ACL allows it.
     discovery = [t for t, _ in mon.r.messages if t.startswith("homeassistant/")]
     assert all(t.split("/")[2] == "dev1" for t in discovery), discovery
+
+
+def _topics_in(conf: Any) -> set[str]:
+    """Every ``*_topic`` / availability ``topic`` value anywhere in a discovery payload."""
+    if isinstance(conf, dict):
+        out = {v for k, v in conf.items() if isinstance(v, str) and (k == "topic" or k.endswith("_topic"))}
+        return out.union(*(_topics_in(v) for v in conf.values()))
+    if isinstance(conf, list):
+        return set().union(*(_topics_in(v) for v in conf))
+    return set()
+
+
+@pytest.mark.parametrize("dev", HA_IDS)
+def test_home_assistant_sees_every_entity_of_real_device_ids(dev: str, sbroker: Broker, pki: Pki,
+                                                             clients: list[TlsClient]) -> None:
+    """With the shipped ACL every discovery config of a device named like a real one is accepted
+    (retained on the broker), and every topic those configs point at is one the device may publish
+    (its state topics) or read (its command topic)."""
+    import threading
+
+    from agent.config.schema import Config, DeviceConfig, HomeAssistantConfig, MqttConfig
+    from agent.publish import Publisher
+    from agent.publish.discovery import Discovery, discovery_messages
+
+    cfg = Config(device=DeviceConfig(id=dev), homeassistant=HomeAssistantConfig(rediscover_jitter_s=0.0),
+                 mqtt=MqttConfig(host=sbroker.host, port=sbroker.port, tls_ca=str(pki.ca),
+                                 tls_cert=str(pki.cert(dev)), tls_key=str(pki.key(dev)), username=dev,
+                                 password_file=str(pki.password_file(dev)), reconnect_min_s=0.1))
+    expected = {m.topic: json.loads(m.payload) for m in discovery_messages(cfg)}
+    stop = threading.Event()
+    pub = Publisher(cfg, stop)
+    pub.start()
+    disc = Discovery(cfg, pub, stop)
+    disc.start()
+    try:
+        assert pub.wait_connected(15) and pub.flush(15)
+        stats = pub.stats()
+    finally:
+        disc.stop()
+        pub.stop(2.0)
+    assert stats["rejected"] == 0 and stats["dropped"] == 0, stats
+    ha = _ok(clients, sbroker, pki, "homeassistant")  # retained: what HA finds when it subscribes
+    ha.subscribe("homeassistant/#")
+    for topic in expected:
+        assert [json.loads(p) for p in ha.wait_received(topic)] == [expected[topic]], topic
+    referenced = set().union(*(_topics_in(c) for c in expected.values()))
+    command = f"digit-agent/{dev}/cmd"
+    assert command in referenced and all(t.startswith(f"digit-agent/{dev}/") for t in referenced), referenced
+    device = _ok(clients, sbroker, pki, dev)
+    for topic in sorted(referenced - {command}):
+        assert device.publish(topic, b"x") in (0, _NO_SUBSCRIBERS), topic  # both: accepted
+    device.subscribe(command)
+    assert ha.publish(command, b'{"cmd":"ota_install"}') == 0
+    assert device.wait_received(command) == [b'{"cmd":"ota_install"}']

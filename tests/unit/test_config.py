@@ -44,6 +44,8 @@ def test_out_of_range_port_names_the_bound() -> None:
     ("[inference]\nbatch_max = 5\n", "inference.batch_max"),
     ("[inference]\ndeadline_ms = 0\n", "inference.deadline_ms"),
     ("[device]\nid = 'has space'\n", "device.id"),
+    ("[device]\nid = 'pi.042'\n", "device.id: 'pi.042' is not allowed: 1 to 64 characters from A-Z a-z 0-9 _ -"),
+    ("[device]\nid = 'ota'\n", "device.id: 'ota' is reserved"),
     ("[mqtt]\ntopic_prefix = 'a/#'\n", "mqtt.topic_prefix"),
     ("[source]\nroi = [1, 2]\n", "expected 0 or 4 items"),
     ("[sorce]\ntype = 'replay'\n", "did you mean 'source'"),

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import pytest
 
+from agent.config import ConfigError, parse_config
 from agent.config.schema import Config, DeviceConfig, HomeAssistantConfig
 from agent.publish.discovery import (
     INSTALL_PAYLOAD,
@@ -99,7 +100,7 @@ UNITS = {"duration": {"d", "h", "min", "s", "ms", "µs"}, "temperature": {"°C",
 
 
 def _cfg(**ha: Any) -> Config:
-    return Config(device=DeviceConfig(id="Pi-7.kitchen"), homeassistant=HomeAssistantConfig(**ha))
+    return Config(device=DeviceConfig(id="Kitchen_Sensor-2"), homeassistant=HomeAssistantConfig(**ha))
 
 
 def _problems(component: str, conf: dict[str, Any]) -> list[str]:
@@ -136,17 +137,18 @@ def test_topics_ids_and_device_block() -> None:
     msgs = discovery_messages(_cfg(prefix="ha"))
     assert len(msgs) == 8
     for m in msgs:
-        assert re.match(r"^ha/(sensor|update)/pi_7_kitchen/[a-zA-Z0-9_-]+/config$", m.topic), m.topic
+        assert re.match(r"^ha/(sensor|update)/Kitchen_Sensor-2/[a-zA-Z0-9_-]+/config$", m.topic), m.topic
         assert m.retain
     confs = [json.loads(m.payload) for m in msgs]
     assert len({c["unique_id"] for c in confs}) == len(confs)
-    assert {c["device"]["identifiers"][0] for c in confs} == {"digit_agent_pi_7_kitchen"}
-    assert confs[0]["device"]["name"] == "Pi-7.kitchen"
+    assert {c["device"]["identifiers"][0] for c in confs} == {"digit_agent_Kitchen_Sensor-2"}
+    assert all(c["unique_id"].startswith("digit_agent_Kitchen_Sensor-2_") for c in confs)
+    assert confs[0]["device"]["name"] == "Kitchen_Sensor-2"
     assert json.loads(discovery_messages(_cfg(node_name="Kitchen counter"))[0].payload)["device"]["name"] \
         == "Kitchen counter"
-    assert all(c["availability"][0]["topic"] == "digit-agent/Pi-7.kitchen/status" for c in confs)
+    assert all(c["availability"][0]["topic"] == "digit-agent/Kitchen_Sensor-2/status" for c in confs)
     update = next(c for c in confs if c["unique_id"].endswith("_model"))
-    assert update["command_topic"] == "digit-agent/Pi-7.kitchen/cmd"
+    assert update["command_topic"] == "digit-agent/Kitchen_Sensor-2/cmd"
     assert json.loads(update["payload_install"]) == json.loads(INSTALL_PAYLOAD)
 
 
@@ -157,9 +159,38 @@ def test_removal_targets_the_same_topics_with_empty_retained_payloads() -> None:
     assert all(m.payload == b"" and m.retain for m in removal)
 
 
-def test_node_id_is_safe_for_topics_and_entity_ids() -> None:
-    assert node_id("Dev.01-A") == "dev_01_a"
-    assert re.match(r"^[a-z0-9_]+$", node_id("x" * 64))
+# Home Assistant's discovery topic matcher (homeassistant/components/mqtt/discovery.py).
+_HA_TOPIC = re.compile(r"(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?(?P<object_id>[a-zA-Z0-9_-]+)/config")
+
+
+@pytest.mark.parametrize("dev", ["pi-042", "Kitchen_Sensor-2", "abcdefghij-_0123", "x" * 64, "7"])
+def test_every_valid_device_id_is_its_own_node(dev: str) -> None:
+    cfg = parse_config(f"[device]\nid = '{dev}'\n")
+    for m in discovery_messages(cfg):
+        match = _HA_TOPIC.fullmatch(m.topic.removeprefix("homeassistant/"))
+        assert match and match["node_id"] == dev, m.topic
+    assert node_id(dev) == dev
+
+
+def test_ids_that_would_collide_are_refused_and_valid_ids_never_collide() -> None:
+    """'Pi-7', 'pi.7' and 'pi_7' once mapped to one node, unique_id and device: now '.' is refused
+    by the config and the valid ids are used verbatim, so each keeps its own."""
+    with pytest.raises(ConfigError, match=r"device\.id: 'pi\.7' is not allowed: 1 to 64 characters"):
+        parse_config("[device]\nid = 'pi.7'\n")
+    for bad in ("a b", "a/b", "a+b", "a#b", "", "é", "x" * 65):
+        with pytest.raises(ConfigError, match=r"device\.id"):
+            parse_config("[device]\nid = " + json.dumps(bad) + "\n")
+    with pytest.raises(ConfigError, match=r"device\.id: 'group' is reserved"):
+        parse_config("[device]\nid = 'group'\n")
+    ids = ["Pi-7", "pi-7", "pi_7", "PI_7", "pi7"]
+    seen: dict[str, set[str]] = {"topics": set(), "unique_ids": set(), "identifiers": set()}
+    for dev in ids:
+        msgs = discovery_messages(parse_config(f"[device]\nid = '{dev}'\n"))
+        confs = [json.loads(m.payload) for m in msgs]
+        for kind, values in (("topics", {m.topic for m in msgs}), ("unique_ids", {c["unique_id"] for c in confs}),
+                             ("identifiers", {i for c in confs for i in c["device"]["identifiers"]})):
+            assert not values & seen[kind], (dev, kind, values & seen[kind])
+            seen[kind] |= values
 
 
 # --- templates, rendered as Home Assistant would -------------------------------------------------
