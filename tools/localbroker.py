@@ -5,16 +5,20 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-__all__ = ["free_port", "mosquitto_exe", "start_mosquitto", "stop_process", "wait_port"]
+__all__ = ["free_port", "mosquitto_exe", "own_group", "start_mosquitto", "stop_process", "wait_port"]
+
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 def free_port() -> int:
@@ -25,7 +29,16 @@ def free_port() -> int:
 
 def mosquitto_exe() -> Optional[str]:
     """The mosquitto binary (Debian installs it in /usr/sbin, often not on a user's PATH)."""
-    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    return shutil.which("mosquitto", path=os.pathsep.join([os.environ.get("PATH", os.defpath), *SBIN_DIRS]))
+
+
+def own_group() -> None:
+    """``preexec_fn`` for a helper process: its own process group, so a terminal's Ctrl-C reaches only
+    the parent, which then stops its children in order; and (Linux) SIGTERM when the parent dies,
+    so a killed parent leaves nothing behind."""
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def wait_port(port: int, timeout: float) -> bool:
@@ -40,7 +53,8 @@ def wait_port(port: int, timeout: float) -> bool:
     return False
 
 
-def start_mosquitto(workdir: Path, port: int, extra_conf: str = "", timeout: float = 10.0) -> subprocess.Popen[bytes]:
+def start_mosquitto(workdir: Path, port: int, extra_conf: str = "", timeout: float = 10.0,
+                    preexec_fn: Optional[Callable[[], None]] = None) -> subprocess.Popen[bytes]:
     """Anonymous, non-persistent mosquitto on 127.0.0.1:``port``, logging to ``workdir/mosquitto.log``;
     returns once it accepts connections (RuntimeError with the log's tail if it does not)."""
     exe = mosquitto_exe()
@@ -51,7 +65,8 @@ def start_mosquitto(workdir: Path, port: int, extra_conf: str = "", timeout: flo
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"persistence false\n{user}log_dest file {log}\nlistener {port} 127.0.0.1\n"
                     f"allow_anonymous true\n{extra_conf}")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=preexec_fn)
     if not wait_port(port, timeout):
         stop_process(proc, 2)
         tail = log.read_text(errors="replace")[-500:] if log.exists() else ""

@@ -80,8 +80,13 @@ class ReplaySource:
             ring.pixels[idx, :h, :w] = self.frames[k]
             ring.commit(idx, h, w, self.sent, time.monotonic_ns())
             self.sent += 1
-        self.state = "eof"
-        log.info("replay finished after %d frames", self.sent)
+        if stop.is_set():  # a looping replay only ever ends here
+            self.state = "stopped"
+            log.info("replay stopped after %d frames", self.sent)
+        else:
+            self.state = "eof"
+            log.info("replay finished after %d frames (%s)", self.sent,
+                     f"source.limit = {self.limit}" if self.limit and self.sent >= self.limit else "end of file")
 
     def stats(self) -> dict[str, StatValue]:
         return {"state": self.state, "frames_ok": self.sent}
