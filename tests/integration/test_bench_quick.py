@@ -93,3 +93,32 @@ def test_quick_targets_have_verdicts(quick_results: tuple[Path, str]) -> None:
         assert t["met"] in (True, False, None)
         if t["value"] is not None:
             assert t["met"] is not None
+
+
+def test_quick_per_frame_side_by_side_is_complete(quick_results: tuple[Path, str]) -> None:
+    """The daemon, the naive script and the bare model measured in the same run, and the four
+    plumbing ratios present with a verdict each (values only sane: finite and positive)."""
+    import math
+
+    out, stdout = quick_results
+    doc = json.loads(next(out.glob("*-quick.json")).read_text())
+    pf = doc["e2e"]["per_frame"]
+    assert pf["rounds"] == len(pf["daemon"]["rounds"]) == len(pf["naive"]["rounds"]) == len(pf["hotloop_rounds"])
+    for who in ("daemon", "naive"):
+        assert pf[who]["cpu_us_per_frame"] > 0 and pf[who]["frames_per_s"] > 0
+    pieces = pf["pieces_cpu_us"]
+    for key in ("inference", "preprocess_28px", "preprocess_40px", "preprocess_64px", "encode", "serial_decode"):
+        assert math.isfinite(pieces[key]) and pieces[key] > 0, key
+    assert 0 < pf["inference_p50_us"] <= pf["inference_p99_us"]
+    ratios = {t["target"]: t for t in doc["targets"] if t["unit"] == "×" and "÷" in t["target"]}
+    wanted = ["daemon CPU per frame ÷ bare inference", "daemon CPU per frame ÷ naive script's",
+              "frame→result p99 at 100 fps ÷", "frame→result p99 at 500 fps ÷", "preprocessing 28×28 px ÷",
+              "preprocessing 40×40 px ÷", "preprocessing 64×64 px ÷"]
+    for prefix in wanted:
+        (t,) = [t for name, t in ratios.items() if name.startswith(prefix)]
+        assert t["value"] is not None and math.isfinite(t["value"]) and t["value"] > 0, t
+        assert t["met"] is (t["value"] <= t["limit"])
+        assert t["target"] in stdout
+    md = next(out.glob("*-quick.md")).read_text()
+    assert "## CPU per frame: daemon, naive script, bare model" in md and "naive script" in md
+    assert "decoder CPU µs/frame" in md

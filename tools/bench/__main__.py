@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               profile_dir=None if args.no_profile or args.quick else args.out)
             if args.quick:
                 opts.throughput_s, opts.rate_s, opts.idle_s = 3.0, 3.0, 3.0
+                opts.perframe_rounds, opts.perframe_window_s, opts.perframe_piece_s = 3, 1.5, 0.3
             doc["e2e"] = run_e2e(opts)
     doc["load_average_end"] = load_average()
     doc["minutes"] = round((time.monotonic() - t0) / 60, 2)

@@ -47,6 +47,9 @@ class E2EOptions:
     profile_dir: Optional[Path] = None  # set: py-spy profile of a flat-out run written here
     baud: int = 921600
     min_accuracy: Optional[float] = None  # self-test floor override (dev models only)
+    perframe_rounds: int = 5  # daemon / naive script / hot loops, side by side (tools.bench.perframe)
+    perframe_window_s: float = 5.0
+    perframe_piece_s: float = 0.8
 
 
 class _Tap(Collector):
@@ -306,6 +309,11 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
         marks = () if opts.quick else (100_000, opts.long_frames)
         out["throughput_qos0"] = throughput(opts, broker, 0, marks)
         out["throughput_qos1"] = throughput(opts, broker, 1)
+        from tools.bench.perframe import run_perframe
+
+        log.info("e2e: CPU per frame side by side: daemon, naive script, bare model")
+        out["per_frame"] = run_perframe(opts, broker, opts.perframe_rounds, opts.perframe_window_s,
+                                        opts.perframe_piece_s)
         for rate in (100.0, 500.0):
             log.info("e2e: replay at %g fps", rate)
             out[f"replay_{int(rate)}fps"] = fixed_rate(opts, broker, rate)

@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["PI_FACTORS", "frontier_table", "pi_estimate", "plot_frontier", "plot_histogram", "targets",
-           "write_markdown"]
+__all__ = ["PI_FACTORS", "frontier_table", "perframe_table", "pi_estimate", "plot_frontier", "plot_histogram",
+           "plumbing_targets", "targets", "write_markdown"]
 
 _KB = 1024
 
@@ -136,7 +136,64 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_verdict("RSS drift 100k → 1M frames", round((rss["1000000"] - rss["100000"]) / 2**20, 2), 1,
                             unit="MB"))
     out.append(_verdict("idle CPU", _get(e2e.get("idle"), "cpu_percent"), 0.5, unit="%"))
+    return out + plumbing_targets(e2e)
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def plumbing_targets(e2e: dict[str, Any]) -> list[dict[str, Any]]:
+    """The daemon's cost per frame against its model's and against the naive script's, all from the
+    side-by-side ``per_frame`` section (one core, same run), and latency under load against the
+    hot-loop inference p99 of the same run."""
+    pf = e2e.get("per_frame")
+    if not pf:
+        return []
+    pieces = pf["pieces_cpu_us"]
+    inf = _get(pieces, "inference")
+    daemon = _get(pf["daemon"], "cpu_us_per_frame")
+    out = [_verdict("daemon CPU per frame ÷ bare inference CPU (QoS 0, one core)", _ratio(daemon, inf), 2.0,
+                    unit="×"),
+           _verdict("daemon CPU per frame ÷ naive script's (same core, broker, model)",
+                    _ratio(daemon, _get(pf["naive"], "cpu_us_per_frame")), 0.5, unit="×")]
+    p99 = _get(pf, "inference_p99_us")
+    for rate in (100, 500):
+        r = e2e.get(f"replay_{rate}fps")
+        out.append(_verdict(f"frame→result p99 at {rate} fps ÷ hot-loop inference p99",
+                            _ratio(_get(r and r["frame_age"], "p99_us"), p99), 3.0, unit="×"))
+    for side in (28, 40, 64):
+        out.append(_verdict(f"preprocessing {side}×{side} px ÷ inference (CPU per frame)",
+                            _ratio(_get(pieces, f"preprocess_{side}px"), inf), 0.25, unit="×"))
     return out
+
+
+def perframe_table(e2e: dict[str, Any]) -> str:
+    """CPU µs per frame of the daemon, the naive script and each piece, and × the bare inference."""
+    pf = e2e.get("per_frame")
+    if not pf:
+        return ""
+    p = pf["pieces_cpu_us"]
+    inf = float(p["inference"])
+    sub = (e2e.get("serial_100fps") or {}).get("frame_to_subscriber") or {}
+    rows: list[list[Any]] = [
+        ["daemon, QoS 0 flat out (replay)", pf["daemon"]["cpu_us_per_frame"], pf["daemon"]["frames_per_s"]],
+        ["naive script (ORT 1 thread, numpy, json.dumps, paho)", pf["naive"]["cpu_us_per_frame"],
+         pf["naive"]["frames_per_s"]],
+        ["bare inference, served model, hot loop (batch 1)", inf, None],
+    ]
+    rows += [[f"preprocessing {s}×{s} px", p.get(f"preprocess_{s}px"), None] for s in (28, 40, 64)]
+    rows.append(["result encoder", p.get("encode"), None])
+    rows.append(["serial decoder, 28×28 frame (pure Python)", p.get("serial_decode"), None])
+    if "serial_decode_cobs_package" in p:
+        rows.append(["serial decoder, the cobs package (reference)", p["serial_decode_cobs_package"], None])
+    for r in rows:
+        r.append(round(float(r[1]) / inf, 2) if r[1] is not None and inf else None)
+    text = (f"\nSide by side on CPU {pf['pinned_cpus']}: {pf['rounds']} rounds of {pf['window_s']} s each, "
+            f"medians. Hot-loop inference p50 {pf['inference_p50_us']} µs, p99 {pf['inference_p99_us']} µs; "
+            f"frame→subscriber p99 over the pty at 100 fps: {sub.get('p99_us')} µs.\n\n")
+    return text + _table(["per frame", "CPU µs", "frames/s", "× bare inference"],
+                         [[r[0], r[1], r[2], r[3]] for r in rows])
 
 
 def _e2e_tables(e2e: dict[str, Any]) -> str:
@@ -148,6 +205,7 @@ def _e2e_tables(e2e: dict[str, Any]) -> str:
                          (t["health_last"].get("mqtt") or {}).get("dropped")])
     text = _table(["run", "frames/s", "CPU µs/frame", "CPU % of one core", "frames", "outbox dropped"], rows)
     lat = []
+    decoder = ((e2e.get("per_frame") or {}).get("pieces_cpu_us") or {}).get("serial_decode")
     for key in ("replay_100fps", "replay_500fps", "serial_100fps"):
         r = e2e.get(key)
         if r:
@@ -156,9 +214,11 @@ def _e2e_tables(e2e: dict[str, Any]) -> str:
             frames = (r.get("health_last") or {}).get("frames") or {}
             lat.append([key, r["results"], fa.get("p50_us"), fa.get("p99_us"), fa.get("max_us"), inf.get("p50_us"),
                         inf.get("p99_us"), sub.get("p50_us"), sub.get("p99_us"), sub.get("max_us"),
-                        r["deadline_missed"], frames.get("dropped_stale")])
+                        r["deadline_missed"], frames.get("dropped_stale"),
+                        decoder if key.startswith("serial") else None])
     text += "\n" + _table(["run", "results", "frame→result p50 µs", "p99", "max", "inference p50 µs", "p99",
-                           "frame→subscriber p50 µs", "p99", "max", "deadline misses", "stale dropped"], lat)
+                           "frame→subscriber p50 µs", "p99", "max", "deadline misses", "stale dropped",
+                           "decoder CPU µs/frame"], lat)
     long = e2e.get("throughput_qos0") or {}
     inf = (long.get("health_last") or {}).get("inference") or {}
     if inf:
@@ -179,6 +239,8 @@ def write_markdown(doc: dict[str, Any], path: Path, images: dict[str, str]) -> s
         parts += ["## Frontier\n", frontier_table(doc["frontier"])]
     if "e2e" in doc:
         parts += ["\n## End to end (daemon + mosquitto)\n", _e2e_tables(doc["e2e"])]
+        if doc["e2e"].get("per_frame"):
+            parts += ["\n## CPU per frame: daemon, naive script, bare model\n", perframe_table(doc["e2e"])]
         idle = doc["e2e"].get("idle")
         if idle:
             parts.append(f"\nIdle: {idle['cpu_percent']} % CPU over {idle['window_s']} s, "
