@@ -84,11 +84,12 @@ def _selftest(cfg: Config) -> int:
     from agent.inference import ModelError
 
     try:
-        model, _, summary = load_serving_model(cfg, Path(cfg.inference.model))
+        model, _, choice = load_serving_model(cfg, Path(cfg.inference.model))
     except (ModelError, StartupError) as exc:
         print(f"selftest FAILED: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    print(f"selftest passed: model {model.path.name} version {model.version}: {summary}")
+    print(choice.table())
+    print(f"selftest passed: model {model.path.name} version {model.version}, variant {model.variant}")
     return EXIT_OK
 
 

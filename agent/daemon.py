@@ -21,8 +21,10 @@ from typing import Any, Callable, Optional
 from agent import __version__
 from agent.config.schema import Config
 from agent.health import HealthSampler
-from agent.inference import Engine, LoadedModel, ModelError, evaluate_golden, load_golden
-from agent.inference.model import read_card
+from agent.inference import Engine, GoldenResult, LoadedModel, ModelError, evaluate_golden, load_golden
+from agent.inference.choice import Choice, NoVariant, Refused
+from agent.inference.serving import choose_variant, timing_frame
+from agent.inference.variants import read_model_set
 from agent.pipeline import InferenceLoop
 from agent.preprocess import Preprocessor
 from agent.publish import Publisher
@@ -41,19 +43,32 @@ class StartupError(RuntimeError):
     """The daemon cannot start serving (model, golden set or self-test); exit code 1."""
 
 
-def load_serving_model(cfg: Config, path: Path) -> tuple[LoadedModel, Preprocessor, str]:
-    """Load ``path``, run the golden self-test; a model that fails it never serves."""
-    card = read_card(path, cfg.inference.model_card if path == Path(cfg.inference.model) else "")
-    model = LoadedModel.load(path, cfg.inference.batch_max, card)
+def load_serving_model(cfg: Config, path: Path,
+                       stop: Optional[threading.Event] = None) -> tuple[LoadedModel, Preprocessor, Choice]:
+    """Load the model set at ``path``, self-test every variant on the golden set and serve the
+    fastest that passes (or the pinned one); a variant that fails the self-test never serves."""
+    models = read_model_set(path, cfg.inference.model_card if path == Path(cfg.inference.model) else "")
     try:
-        pre = Preprocessor.from_card(card, max_side=_max_side(cfg))
+        pre = Preprocessor.from_card(models.card, max_side=_max_side(cfg))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: model card lacks a usable normalisation section ({exc!r})") from None
-    result = evaluate_golden(model, load_golden(cfg.inference.golden), pre)
-    if not result.finite or result.accuracy < cfg.inference.selftest_min_accuracy:
-        raise StartupError(f"self-test failed for {path}: {result.summary()} "
-                           f"(floor {cfg.inference.selftest_min_accuracy * 100:.1f} %)")
-    return model, pre, result.summary()
+    golden = load_golden(cfg.inference.golden)
+    floor = cfg.inference.selftest_min_accuracy
+
+    def judge(model: LoadedModel) -> GoldenResult:
+        result = evaluate_golden(model, golden, pre)
+        if not result.finite or result.accuracy < floor:
+            raise Refused(f"self-test failed for {model.path}: {result.summary()} (floor {floor * 100:.1f} %)",
+                          result.accuracy)
+        return result
+
+    i = cfg.inference
+    try:
+        choice = choose_variant(models, judge, timing_frame(golden, pre), i.batch_max, i.variant,
+                                i.variant_time_s, cfg.ota.state_dir, stop=stop)
+    except NoVariant as exc:
+        raise StartupError(f"{path}: {exc}") from None
+    return choice.model, pre, choice
 
 
 def _max_side(cfg: Config) -> int:
@@ -85,13 +100,14 @@ class Daemon:
 
         model_path, ota_info = startup_model(cfg)
         try:
-            model, self.pre, summary = load_serving_model(cfg, Path(model_path))
+            model, self.pre, choice = load_serving_model(cfg, Path(model_path), self.stop)
         except (ModelError, StartupError) as exc:
             if Path(model_path) == Path(cfg.inference.model):
                 raise StartupError(str(exc)) from None
             log.error("OTA model failed its start-up self-test (%s); serving the shipped model", exc)
-            model, self.pre, summary = load_serving_model(cfg, Path(cfg.inference.model))
-        log.info("model %s version %d ready: %s (%s)", model.path.name, model.version, summary, ota_info)
+            model, self.pre, choice = load_serving_model(cfg, Path(cfg.inference.model), self.stop)
+        log.info("model %s version %d ready: variant %s (%s), %s\n%s", model.path.name, model.version,
+                 model.variant, choice.how, ota_info, choice.table())
         self.engine = Engine(model, cfg.inference.deadline_ms, cfg.inference.watchdog_factor, self.stop)
         self.ring = FrameRing(cfg.source.ring_slots, *_ring_shape(cfg))
         self.source = make_source(cfg.source)
@@ -225,14 +241,16 @@ class Daemon:
 
     def _model_info(self) -> dict[str, Any]:
         m = self.engine.model
-        return {"version": m.version, "sha256": m.sha256, "path": str(m.path)}
+        return {"version": m.version, "sha256": m.sha256, "path": str(m.path), "variant": m.variant,
+                "choice": m.choice}
 
     def _status_line(self) -> str:
         c = self.engine.counters()
         mq = self.publisher.stats()
         stalled = self.pinger.stale_now if self.pinger else []
         prefix = f"stalled: {', '.join(stalled)}; " if stalled else ""
-        return (f"{prefix}model v{self.engine.model.version}; {c['inferences']} inferences, "
+        m = self.engine.model
+        return (f"{prefix}model v{m.version} {m.variant}; {c['inferences']} inferences, "
                 f"{c['deadline_misses']} misses; source {self.source.stats().get('state')}; "
                 f"mqtt {'connected' if mq.get('connected') else 'disconnected'}")
 

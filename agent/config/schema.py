@@ -119,6 +119,10 @@ class InferenceConfig:
     watchdog_factor: float = _f(20.0, "abort a run stuck this many deadlines long", min=2.0, max=1000.0)
     selftest_min_accuracy: float = _f(0.97, "golden-set accuracy the model must reach to serve",
                                       min=0.0, max=1.0)
+    variant: str = _f("auto", "model variant to serve: \"auto\" = the fastest on this CPU that passes the golden "
+                      "set, or a variant name from the model card (still gated)", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    variant_time_s: float = _f(1.0, "seconds of interleaved timing per variant when choosing (cached per "
+                               "model files, CPU and onnxruntime version)", min=0.001, max=60.0)
 
 
 @dataclass(frozen=True)

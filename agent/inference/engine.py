@@ -80,7 +80,7 @@ class Engine:
             return None
         old, self.model = self.model, new
         self.swaps += 1
-        log.info("now serving model version %d (%s…)", new.version, new.sha256[:12])
+        log.info("now serving model version %d variant %s (%s…)", new.version, new.variant or "-", new.sha256[:12])
         return old
 
     # -- hot path ---------------------------------------------------------------------------

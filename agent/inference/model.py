@@ -73,6 +73,8 @@ class LoadedModel:
     input_name: str
     output_name: str
     batch_max: int
+    variant: str = ""  # which variant of its model set this is (agent.inference.variants)
+    choice: dict[str, Any] = field(default_factory=dict)  # how it was chosen (health shows it)
     _bindings: list[tuple[ort.IOBinding, np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
     _run_options: ort.RunOptions = field(default_factory=run_options, repr=False)
 

@@ -16,7 +16,8 @@ Availability: the device publishes ``online``/``stopped``/LWT ``offline`` on ``<
 the availability template maps anything but ``online`` to ``offline``, so a cleanly stopped device
 also reads as unavailable.
 
-Update entity: installed = the model version serving (``health.model.version``); latest = the
+Update entity: installed = the model version serving (``health.model.version``), its title and
+summary name the variant serving (``health.model.variant``, e.g. ``fp32``); latest = the
 version of the newest OTA job (``health.ota.version``) if higher and not refused; progress from
 ``health.ota.state``/``progress``. Its install button publishes :data:`INSTALL_PAYLOAD` on
 ``<prefix>/<id>/cmd`` (see docs/fleet.md for what the OTA controller does with it).
@@ -115,6 +116,7 @@ _SENSORS: dict[str, tuple[str, dict[str, Any]]] = {
 _UPDATE_TEMPLATE = (
     "{%- set o = value_json.ota if value_json.ota is mapping else {} -%}"
     "{%- set inst = value_json.model.version | default(none) -%}"
+    "{%- set var = value_json.model.variant | default('') -%}"
     "{%- set st = o.state | default('idle') -%}"
     "{%- set tgt = o.version | default(none) -%}"
     "{%- set busy = st in " + json.dumps(list(OTA_BUSY_STATES)) + " -%}"
@@ -125,7 +127,9 @@ _UPDATE_TEMPLATE = (
     " 'latest_version': (tgt if offered else inst) | string,"
     " 'in_progress': busy,"
     " 'update_percentage': ((p if p is number else 0) * 100) | round(0) if busy else none,"
-    " 'release_summary': ('last OTA: ' ~ st ~ ((': ' ~ o.reason) if o.reason else ''))[:250]"
+    " 'title': 'Digit model' ~ ((' (' ~ var ~ ')') if var else ''),"
+    " 'release_summary': (('serving variant ' ~ var ~ '; ') if var else '')"
+    " ~ ('last OTA: ' ~ st ~ ((': ' ~ o.reason) if o.reason else ''))[:200]"
     "} | tojson }}"
 )
 

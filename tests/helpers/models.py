@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_model"]
+__all__ = ["make_model", "make_variant_set"]
 
 
 def make_model(path: Path, kind: str = "ok", opset: int = 17, slow_steps: int = 400) -> Path:
@@ -49,3 +49,35 @@ def make_model(path: Path, kind: str = "ok", opset: int = 17, slow_steps: int = 
     onnx.checker.check_model(model)
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def make_variant_set(directory: Path, extra: dict[str, Path] | None = None,
+                     source: Path | None = None) -> Path:
+    """A two-variant model set built from the shipped int8 model: ``int8`` (a copy) and ``fp32`` (its
+    float twin, tools.model.dequantize), plus any ``extra`` {name: onnx file} copied beside them.
+    Returns the set's card (``digit.card.json``)."""
+    import hashlib
+    import json
+    import shutil
+
+    from tools.model.dequantize import dequantize
+
+    repo = Path(__file__).resolve().parents[2]
+    src = source or repo / "models" / "digit_int8.onnx"
+    card = json.loads((src.with_suffix(".card.json")).read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"int8": ("digit.int8.onnx", src.read_bytes(), "QOperator"),
+             "fp32": ("digit.fp32.onnx", dequantize(src.read_bytes()), "float")}
+    for name, path in (extra or {}).items():
+        files[name] = (f"digit.{name}.onnx", path.read_bytes(), "float")
+    variants = []
+    for name, (file, data, fmt) in files.items():
+        (directory / file).write_bytes(data)
+        variants.append({"name": name, "file": file, "sha256": hashlib.sha256(data).hexdigest(),
+                         "size_bytes": len(data), "quant_format": fmt})
+    card.update(file=variants[0]["file"], sha256=variants[0]["sha256"], size_bytes=variants[0]["size_bytes"],
+                variants=variants)
+    out = directory / "digit.card.json"
+    out.write_text(json.dumps(card, indent=1))
+    shutil.copy(repo / "models" / "golden.npz", directory / "golden.npz")
+    return out

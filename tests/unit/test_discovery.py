@@ -283,6 +283,15 @@ def test_update_template_after_commit_and_older_offer() -> None:
     assert _update({"state": "downloading", "version": 2, "progress": 0.1})["latest_version"] == "3"
 
 
+def test_update_entity_names_the_variant_serving() -> None:
+    h = _health(ota={"state": "idle", "version": None},
+                model={"version": 3, "sha256": "00" * 32, "path": "x", "variant": "fp32"})
+    u = json.loads(_render(_templates()["model"], h))
+    assert u["title"] == "Digit model (fp32)" and u["release_summary"].startswith("serving variant fp32; ")
+    assert u["installed_version"] == "3"  # the variant is not part of the version HA compares
+    assert _update(None)["title"] == "Digit model"  # a device that does not report it
+
+
 def test_long_reasons_are_cut_to_ha_limits() -> None:
     u = _update({"state": "failed", "version": 4, "reason": "x" * 1000})
     assert len(u["release_summary"]) <= 255
