@@ -2,6 +2,8 @@
 
 The codec is pure, so decoding the very same byte stream in-process tells exactly which frames a
 correct receiver must deliver; the daemon must publish a result for each of them and for no other.
+The ring holds the whole stream and no frame ages out, so how fast this host infers cannot decide
+which frames get a result (a live source otherwise drops the oldest when inference falls behind).
 """
 
 from __future__ import annotations
@@ -40,16 +42,19 @@ def test_serial_pty_faults_no_corrupt_frame_inferred(tmp_path: Path, broker: Bro
     assert N - len(expected) >= tally["corrupted"] + tally["truncated"] > 0
     sub = Collector(broker, "digit-agent/dev1/result", "digit-agent/dev1/health")
     cfg = write_config(tmp_path / "c.toml", broker,
-                       source={"type": "serial", "port": pty_pair.slave_path, "baudrate": 921600},
-                       inference={"deadline_ms": 200.0})
+                       source={"type": "serial", "port": pty_pair.slave_path, "baudrate": 921600,
+                               "ring_slots": 2048, "max_frame_age_ms": 0.0})
     agent = AgentProcess(cfg)
     try:
-        assert agent.wait_log("serving device dev1", 60), agent.output()[-3000:]
-        for chunk in chunks:  # paced like a fast sensor (~1000 fps): the daemon must keep up
+        agent.wait_started()
+        for chunk in chunks:  # paced like a fast sensor (~1000 fps); the ring buffers any backlog
             pty_pair.write(chunk)
             time.sleep(0.001)
-        assert sub.wait_for(lambda c: len(c.on("/result")) >= len(expected), 60), (len(sub.on("/result")),
-                                                                                  len(expected))
+        if not sub.wait_for(lambda c: len(c.on("/result")) >= len(expected), 120):
+            health = sub.on("/health")[-1].json() if sub.on("/health") else {}
+            raise AssertionError(f"{len(sub.on('/result'))} of {len(expected)} results; last health frames "
+                                 f"{health.get('frames')} source {health.get('source')}; daemon log tail:\n"
+                                 f"{agent.tail()}")
         time.sleep(1.5)  # nothing more may arrive
     finally:
         agent.signal(signal.SIGTERM)
@@ -62,5 +67,5 @@ def test_serial_pty_faults_no_corrupt_frame_inferred(tmp_path: Path, broker: Bro
     src = last["source"]
     assert src["frames_ok"] == len(expected)
     assert src["crc_errors"] + src["malformed"] >= tally["corrupted"] + tally["truncated"] - src["oversize"]
-    assert last["frames"]["dropped"] == 0 and last["frames"]["ok"] == len(expected)
+    assert last["frames"]["dropped"] == 0 and last["frames"]["ok"] == len(expected), last["frames"]
     sub.close()

@@ -1,6 +1,8 @@
 """The daemon on a pipe source, end to end: tools/canvas_stream.py renders golden-set digits on a noisy
 160x120 canvas, ffmpeg converts them to raw gray / yuv420p into a FIFO, the daemon (real mosquitto,
-shipped model) publishes results; and a producer killed mid-frame then restarted."""
+shipped model) publishes results; and a producer killed mid-frame then restarted.
+The ring holds every frame a test sends and no frame ages out, so the host's speed cannot decide
+which frames get a result."""
 
 from __future__ import annotations
 
@@ -41,12 +43,13 @@ def _start(tmp_path: Path, broker: Broker, fmt: str, **source: Any) -> tuple[Age
     cfg = write_config(
         tmp_path / "c.toml", broker,
         source={"type": "pipe", "path": str(fifo), "width": W, "height": H, "pixel_format": fmt,
-                "roi": list(ROI), "ring_slots": 64, "reopen_min_s": 0.05, "reopen_max_s": 0.5, **source},
+                "roi": list(ROI), "ring_slots": 512, "max_frame_age_ms": 0.0, "reopen_min_s": 0.05,
+                "reopen_max_s": 0.5, **source},
         inference={"model": str(p["model"]), "golden": str(p["golden"]), "deadline_ms": 500.0},
         health={"interval_s": 0.2})
     sub = Collector(broker, "digit-agent/dev1/#")
     agent = AgentProcess(cfg)
-    assert agent.wait_log("pipe source: reading", 60), agent.output()[-3000:]
+    assert agent.wait_log("pipe source: reading", 60), agent.tail()
     return agent, sub, fifo
 
 
@@ -92,9 +95,9 @@ def test_ffmpeg_stream_accuracy_matches_the_model_card(tmp_path: Path, broker: B
         assert producer.wait(120) == 0
         assert sub.wait_for(lambda c: _source(c).get("bytes_in") == count * (FRAME if fmt == "gray" else FRAME * 3 // 2)
                             and _source(c).get("state") == "down", 60), _source(sub)
-        assert sub.wait_for(lambda c: len(c.on("/result")) >= count, 10)
+        assert sub.wait_for(lambda c: len(c.on("/result")) >= count, 120), (len(sub.on("/result")), agent.tail())
     finally:
-        assert agent.stop() == 0, agent.output()[-3000:]
+        assert agent.stop() == 0, agent.tail()
     src = _source(sub)
     assert (src["frames_ok"], src["partial_frames"], src["frames_skipped"]) == (count, 0, 0)
     results = [m.json() for m in sub.on("/result")]
@@ -110,7 +113,7 @@ def test_ffmpeg_stream_accuracy_matches_the_model_card(tmp_path: Path, broker: B
     agree = float(np.mean(digits == ref[seqs]))
     print(f"\n{fmt}: {len(results)} results, accuracy {acc * 100:.2f} % (card transformed test "
           f"{target * 100:.2f} %), agreement with in-process reference {agree * 100:.2f} %")
-    assert len(results) >= 0.95 * count  # the rest dropped as stale/oldest on a loaded CI machine
+    assert len(results) == count, sub.on("/health")[-1].json()["frames"]
     assert acc >= target - 0.01
     if fmt == "gray":
         assert agree == 1.0  # a lossless stream: the daemon saw exactly the rendered frames
@@ -134,10 +137,10 @@ def test_producer_killed_mid_frame_and_restarted(tmp_path: Path, broker: Broker)
         total = (n1 + n2) * FRAME + partial
         assert sub.wait_for(lambda c: _source(c).get("bytes_in") == total and _source(c).get("reopens") == 2,
                             30), _source(sub)
-        assert sub.wait_for(lambda c: len(c.on("/result")) >= n1 + n2, 10)
+        assert sub.wait_for(lambda c: len(c.on("/result")) >= n1 + n2, 120), (len(sub.on("/result")), agent.tail())
         assert agent.proc.poll() is None  # both producers gone; the daemon keeps serving
     finally:
-        assert agent.stop() == 0, agent.output()[-3000:]
+        assert agent.stop() == 0, agent.tail()
     src = _source(sub)
     assert {k: src[k] for k in ("state", "frames_ok", "frames_skipped", "partial_frames", "misaligned",
                                 "reopens", "open_failures", "bytes_in", "frame_bytes")} == {
@@ -172,7 +175,7 @@ def test_stdin_pipeline_and_eof_keeps_the_daemon_serving(tmp_path: Path, broker:
         assert producer.wait(120) == 0
         assert sub.wait_for(lambda c: _source(c).get("frames_ok") == count
                             and _source(c).get("state") == "down", 120), _source(sub)
-        assert sub.wait_for(lambda c: len(c.on("/result")) >= count, 10)
+        assert sub.wait_for(lambda c: len(c.on("/result")) >= count, 120), (len(sub.on("/result")), agent.tail())
         sub.wait_for(lambda c: False, 1.0)  # a second on: still serving, stdin not reopened
         assert agent.poll() is None
         src = _source(sub)
