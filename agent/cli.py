@@ -97,6 +97,8 @@ def _run(cfg: Config) -> int:
     from agent.daemon import Daemon, StartupError
     from agent.inference import ModelError
 
+    # First line at once: start-up (imports, model load, self-test) can take a while on a busy core.
+    log.info("digit-agent %s starting with %s", __version__, cfg.source_file or "the defaults")
     try:
         return Daemon(cfg).run()
     except (ModelError, StartupError, ValueError, OSError) as exc:

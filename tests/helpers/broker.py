@@ -55,16 +55,22 @@ class Broker:
         self._write_conf()
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # generous: a loaded machine
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.log.read_text(errors='replace')[-2000:]}") from None
+                    raise RuntimeError(f"mosquitto exited with code {self.proc.returncode}:\n"
+                                       f"{self.log_tail()}") from None
                 time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start within 10 s")
+        raise RuntimeError(f"mosquitto did not accept connections on port {self.port} within 60 s:\n"
+                           f"{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace").splitlines()[-lines:] if self.log.exists() else []
+        return "\n".join(text) if text else f"({self.log} is empty or missing)"
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -75,6 +75,20 @@ class AgentProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def tail(self, lines: int = 40) -> str:
+        """The process state and the last ``lines`` of its log: what every harness error carries."""
+        rc = self.proc.poll()
+        state = "still running" if rc is None else f"exit code {rc}"
+        text = self.output().splitlines()[-lines:]
+        body = "\n".join(text) if text else "(the log is empty)"
+        return f"[daemon pid {self.proc.pid}, {state}; last {len(text)} line(s) of {self.log}]\n{body}"
+
+    def wait_started(self, needle: str = "serving device", timeout: float = 180.0) -> None:
+        """Until ``needle`` is logged; RuntimeError with :meth:`tail` if it is not. The default is
+        generous: a loaded 2-core machine has taken minutes to import and self-test."""
+        if not self.wait_log(needle, timeout):
+            raise RuntimeError(f"daemon did not log {needle!r} within {timeout:g} s\n{self.tail()}")
+
     def wait_log(self, needle: str, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

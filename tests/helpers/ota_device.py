@@ -34,16 +34,24 @@ class Device:
         self.cfg = load_config(cfg_path)
         self.daemon = Daemon(self.cfg)
         self.rc: Optional[int] = None
+        self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, name="test-daemon", daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # generous: start-up on a loaded 2-core machine
         while not (hasattr(self.daemon, "ota") and self.daemon.ota._thread is not None):
             if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("daemon did not start")
+                # The in-process daemon logs into pytest's captured log, shown with the failure.
+                why = (f"its thread ended with exit code {self.rc}, error {self.error!r}"
+                       if not self.thread.is_alive() else "still starting after 120 s")
+                raise RuntimeError(f"in-process daemon did not start: {why}")
             time.sleep(0.02)
 
     def _run(self) -> None:
-        self.rc = self.daemon.run()
+        try:
+            self.rc = self.daemon.run()
+        except BaseException as exc:
+            self.error = exc
+            raise
 
     @property
     def engine(self) -> Any:

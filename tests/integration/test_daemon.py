@@ -28,7 +28,7 @@ def test_replay_2000_frames_to_2000_results(tmp_path: Path, broker: Broker) -> N
     sub = Collector(broker, "digit-agent/dev1/#")
     cfg = write_config(tmp_path / "c.toml", broker, source={"limit": 2000})
     agent = AgentProcess(cfg)
-    assert agent.wait(120) == 0, agent.output()[-3000:]
+    assert agent.wait(120) == 0, agent.tail()
     assert sub.wait_for(lambda c: len(c.on("/result")) >= 2000, 20)
     results = [m.json() for m in sub.on("/result")]
     assert [r["seq"] for r in results] == list(range(1, 2001))
@@ -63,7 +63,7 @@ def test_sigterm_publishes_stopped_and_kill9_leaves_offline(tmp_path: Path, brok
                        mqtt={"keepalive_s": 5})
     agent = AgentProcess(cfg)
     sub = Collector(broker, "digit-agent/dev1/status", "digit-agent/dev1/result")
-    assert sub.wait_for(lambda c: len(c.on("/result")) >= 10, 60), agent.output()[-3000:]
+    assert sub.wait_for(lambda c: len(c.on("/result")) >= 10, 60), agent.tail()
     agent.signal(signal.SIGTERM)
     assert agent.wait(30) == 0
     assert sub.wait_for(lambda c: c.on("/status")[-1].payload == b"stopped", 10)
@@ -71,7 +71,7 @@ def test_sigterm_publishes_stopped_and_kill9_leaves_offline(tmp_path: Path, brok
 
     agent = AgentProcess(cfg)
     late = Collector(broker, "digit-agent/dev1/status", "digit-agent/dev1/result")
-    assert late.wait_for(lambda c: len(c.on("/result")) >= 5, 60), agent.output()[-3000:]
+    assert late.wait_for(lambda c: len(c.on("/result")) >= 5, 60), agent.tail()
     agent.signal(signal.SIGKILL)
     agent.wait(10)
     # the broker publishes the will once it notices the dead socket (immediately on RST)
@@ -87,7 +87,7 @@ def test_unreachable_broker_keeps_inferring_without_spinning(tmp_path: Path, bro
     cfg = write_config(tmp_path / "c.toml", broker, source={"rate_hz": 20.0})
     agent = AgentProcess(cfg)
     try:
-        assert agent.wait_log("serving device dev1", 60), agent.output()[-3000:]
+        agent.wait_started()
         proc = psutil.Process(agent.proc.pid)
         proc.cpu_percent(None)
         time.sleep(3.0)

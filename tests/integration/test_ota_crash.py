@@ -33,7 +33,7 @@ def bench(tmp_path: Path, broker: Broker) -> Iterator[Bench]:
 def _start(bench: Bench, env: dict[str, str] | None = None) -> AgentProcess:
     agent = AgentProcess(bench.cfg_path, env=env)
     n0 = len(bench.results())
-    assert bench.watch.wait_for(lambda c: len(bench.results()) > n0 + 5, 60), agent.output()[-3000:]
+    assert bench.watch.wait_for(lambda c: len(bench.results()) > n0 + 5, 60), agent.tail()
     return agent
 
 
@@ -66,12 +66,12 @@ def test_kill9_then_restart_completes_the_update(bench: Bench, point: str) -> No
             bench.watch.wait_for(lambda c: any(s["state"] == "downloading" and s["progress"] >= 0.2
                                                for s in bench.statuses()), 20)
         if point == "installed":
-            assert agent.wait_log("holding at installed", 30), agent.output()[-2000:]
+            assert agent.wait_log("holding at installed", 30), agent.tail()
         _kill(agent)
         since = len(bench.statuses())
         agent = _start(bench)  # no hook: the same job goes on from where it was
         done = bench.wait_state("job-v2", timeout=40, since=since)
-        assert done["state"] == "committed", (done, agent.output()[-3000:])
+        assert done["state"] == "committed", (done, agent.tail())
         _serving(bench, 2)
         disk = _disk(bench)
         assert disk["committed"]["version"] == 2 and disk["pending"] is None

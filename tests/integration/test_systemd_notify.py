@@ -62,13 +62,13 @@ def _wait_for(listener: NotifyListener, agent: AgentProcess, field: str, timeout
             if any(field in m.split("\n") for m in seen):
                 return seen
             break
-    raise AssertionError(f"{field} not received (got {seen[-5:]}); daemon log:\n{agent.output()[-3000:]}")
+    raise AssertionError(f"{field} not received (got {seen[-5:]}); daemon log:\n{agent.tail()}")
 
 
 def _stop_and_expect_stopping(agent: AgentProcess, listener: NotifyListener) -> None:
     agent.signal(signal.SIGTERM)
     _wait_for(listener, agent, "STOPPING=1", 60)
-    assert agent.wait(60) == 0, agent.output()[-3000:]
+    assert agent.wait(60) == 0, agent.tail()
 
 
 def test_ready_after_selftest_then_pings_then_stopping(tmp_path: Path, broker: Broker,
@@ -77,7 +77,7 @@ def test_ready_after_selftest_then_pings_then_stopping(tmp_path: Path, broker: B
     try:
         before_ready = _wait_for(listener, agent, "READY=1", 120)
         # The self-test result is logged before ready() is called, so it is in the log by now.
-        assert agent.wait_log("ready:", 5), agent.output()[-3000:]
+        assert agent.wait_log("ready:", 5), agent.tail()
         got = _wait_for(listener, agent, "WATCHDOG=1", 30)
         got += _wait_for(listener, agent, "WATCHDOG=1", 30)
         assert got.count("WATCHDOG=1") >= 2
@@ -91,8 +91,8 @@ def test_pings_stop_when_inference_hangs(tmp_path: Path, broker: Broker, listene
     agent = _start(_config(tmp_path, broker), listener, DIGIT_AGENT_TEST_HANG_AFTER="100")
     try:
         _wait_for(listener, agent, "READY=1", 120)
-        assert agent.wait_log("TEST_HANG_AFTER reached", 60), agent.output()[-3000:]
-        assert agent.wait_log("watchdog pings withheld", 30), agent.output()[-3000:]
+        assert agent.wait_log("TEST_HANG_AFTER reached", 60), agent.tail()
+        assert agent.wait_log("watchdog pings withheld", 30), agent.tail()
         seen = listener.drain()
         assert any(m.startswith("STATUS=stalled: inference") for m in seen), seen
         # Several ping periods (1 s each) pass: nothing is sent while inference stays hung.
@@ -109,6 +109,6 @@ def test_failed_selftest_never_sends_ready(tmp_path: Path, broker: Broker, liste
         code = agent.wait(120)
     finally:
         agent.stop()
-    assert code not in (0, None), agent.output()[-3000:]
+    assert code not in (0, None), agent.tail()
     assert "self-test failed" in agent.output()
     assert not any("READY=1" in m.split("\n") for m in listener.drain())

@@ -90,7 +90,7 @@ def test_no_result_lost_across_broker_restarts(tmp_path: Path, pbroker: Broker) 
     try:
         for k in range(1, restarts + 1):
             target = frames * k // (restarts + 1)
-            assert sub.wait(lambda: sub.count("/result") >= target, timeout=600), agent.output()[-3000:]  # noqa: B023
+            assert sub.wait(lambda: sub.count("/result") >= target, timeout=600), agent.tail()  # noqa: B023
             pbroker.restart(down_s=0.5)
         produced = _finish(agent, timeout=900)
     finally:
@@ -122,7 +122,7 @@ def test_network_cut_longer_than_outbox_drops_oldest_and_counts_exactly(tmp_path
     cfg = _config(tmp_path, pbroker, frames, rate_hz=400.0, outbox_max=outbox, port=link.port)
     agent = AgentProcess(cfg, env=notify.env)
     try:
-        assert sub.wait(lambda: sub.count("/result") >= 200, timeout=300), agent.output()[-3000:]
+        assert sub.wait(lambda: sub.count("/result") >= 200, timeout=300), agent.tail()
         link.cut()
         at_cut = notify.inferences()
         # Deterministic overflow: keep the network down until the daemon has made 3x the outbox.
@@ -178,7 +178,7 @@ def test_refused_login_keeps_inferring_and_reports_it(tmp_path: Path) -> None:
                   password_file=str(tmp_path / "mqtt.password"))
     agent = AgentProcess(cfg, env=notify.env)
     try:
-        assert agent.wait_log("check mqtt.username and mqtt.password_file", timeout=120), agent.output()[-3000:]
+        assert agent.wait_log("check mqtt.username and mqtt.password_file", timeout=120), agent.tail()
         first = notify.inferences()
         assert "mqtt disconnected" in notify.last()
         assert wait_until(lambda: notify.inferences() >= first + 200, timeout=300)

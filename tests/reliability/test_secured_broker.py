@@ -223,7 +223,7 @@ def test_daemon_rediscovers_on_home_assistants_birth_over_tls(tmp_path: Path, sb
 
     agent = AgentProcess(cfg)
     try:
-        assert agent.wait_log("MQTT connected", 60), agent.output()[-3000:]
+        assert agent.wait_log("MQTT connected", 60), agent.tail()
         wait_until(lambda: set(configs()) == expected, 30)
         assert set(configs()) == expected, configs()
         time.sleep(1.0)
@@ -232,10 +232,10 @@ def test_daemon_rediscovers_on_home_assistants_birth_over_tls(tmp_path: Path, sb
         ha = _ok(clients, sbroker, pki, "homeassistant")
         assert ha.publish("homeassistant/status", b"online") == 0
         wait_until(lambda: len(configs()) >= n + len(expected), 30)
-        assert len(configs()) >= n + len(expected), agent.output()[-3000:]
+        assert len(configs()) >= n + len(expected), agent.tail()
     finally:
         agent.stop()
-    assert "WARNING agent.publish" not in agent.output(), agent.output()[-3000:]
+    assert "WARNING agent.publish" not in agent.output(), agent.tail()
 
 
 def test_daemon_over_tls_with_client_certificate(tmp_path: Path, sbroker: Broker, pki: Pki,
@@ -249,7 +249,7 @@ def test_daemon_over_tls_with_client_certificate(tmp_path: Path, sbroker: Broker
                        health={"interval_s": 0.5})
     agent = AgentProcess(cfg)
     try:
-        assert agent.wait(120) == 0, agent.output()[-3000:]
+        assert agent.wait(120) == 0, agent.tail()
     finally:
         agent.stop()
     out = agent.output()

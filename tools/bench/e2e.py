@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -106,8 +107,10 @@ def _daemon(opts: E2EOptions, broker: Broker, name: str, cpus: Optional[set[int]
     with _pinned(cpus):
         agent = AgentProcess(cfg, log_level="INFO")
     try:
-        if not agent.wait_log("serving device", 90):
-            raise RuntimeError(f"daemon {name} did not start: {agent.output()[-3000:]}")
+        try:
+            agent.wait_started(timeout=300)  # pinned to one core of a loaded machine: minutes, not seconds
+        except RuntimeError as exc:
+            raise RuntimeError(f"daemon {name}: {exc}") from None
         yield agent
     finally:
         agent.stop(30)
@@ -151,8 +154,8 @@ def throughput(opts: E2EOptions, broker: Broker, qos: int, rss_marks: tuple[int,
         with _daemon(opts, broker, f"tput-q{qos}", cpus, source=src, mqtt={"qos": qos},
                      health={"interval_s": 1.0}) as agent:
             proc = psutil.Process(agent.proc.pid)
-            if not _wait_count(tap, 1000, 60):
-                raise RuntimeError(f"no results from the daemon: {agent.output()[-2000:]}")
+            if not _wait_count(tap, 1000, 180):
+                raise RuntimeError(f"no results from the daemon: {agent.tail()}")
             rss: dict[str, int] = {"start": proc.memory_info().rss}
             t0, c0, cpu0 = time.monotonic(), tap.count, _cpu_s(proc)
             for mark in rss_marks:
@@ -216,7 +219,11 @@ def fixed_rate(opts: E2EOptions, broker: Broker, rate: float) -> dict[str, Any]:
     try:
         with _daemon(opts, broker, f"rate{int(rate)}", source=src, mqtt={"qos": 1},
                      health={"interval_s": 1.0}) as agent:
-            agent.proc.wait(opts.rate_s + 60)  # a finite replay stops the daemon when it is served
+            try:  # a finite replay stops the daemon when it is served
+                agent.proc.wait(opts.rate_s + 120)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"daemon rate{int(rate)} still serving {n} frames after "
+                                   f"{opts.rate_s + 120:g} s\n{agent.tail()}") from None
             _wait_quiet(tap, n, 10.0)
     finally:
         tap.close()
@@ -330,8 +337,6 @@ def run_e2e(opts: E2EOptions) -> dict[str, Any]:
 
 
 def _mosquitto_version() -> str:
-    import subprocess
-
     try:
         r = subprocess.run(["/usr/sbin/mosquitto", "-h"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
