@@ -8,9 +8,11 @@ demo:                       ## install into .venv, start a broker, the daemon, a
 	tools/bootstrap.sh runtime
 	$(PY) -m tools.demo
 
+# Every stage runs even when one fails, then a summary line per stage (tools/stages.sh). A literal
+# "make", not $(MAKE): make -n would otherwise run the line, and with it the install.
 test:                       ## install everything, then ruff + mypy + the whole pytest suite + test-lowest
-	tools/bootstrap.sh dev
-	$(MAKE) lint typecheck pytest test-lowest
+	@tools/stages.sh "install:tools/bootstrap.sh dev" "lint:make -s lint" "typecheck:make -s typecheck" \
+	  "pytest:make -s pytest" "test-lowest:make -s test-lowest"
 
 test-lowest:                ## the daemon's tests on the lowest dependency versions (tools/lowest-deps.txt)
 	tools/test-lowest.sh
@@ -21,8 +23,8 @@ lint:
 typecheck:
 	$(VENV)/bin/mypy
 
-pytest:
-	$(PY) -m pytest -q
+pytest:                     ## progress per test file even into a pipe (-u), the 15 slowest tests at the end
+	$(PY) -u -m pytest --durations=15
 
 include tools/model/Makefile   # model: rebuild models/ from MNIST (train, export, quantize, validate)
 

@@ -8,7 +8,8 @@ want=${1:-dev}
 PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
-say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+T0=$SECONDS
+say() { printf '\033[1m[bootstrap %4ds]\033[0m %s\n' $((SECONDS - T0)) "$*" >&2; }
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
 
@@ -53,12 +54,23 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
 fi
-pip_() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@"; }
+# pip's own lines (Collecting / Downloading / Installing) are the progress of a long first install;
+# "already satisfied" lines, the bulk of every later run, are left out. sed never fails, so the
+# pipeline's status is pip's (pipefail).
+pip_() {
+  "$VENV/bin/pip" install --disable-pip-version-check "$@" 2>&1 |
+    sed -u '/^Requirement already satisfied/d'
+}
 if [ "$want" = dev ]; then
   # torch first, pinned: an unpinned torch may pull a multi-GB CUDA build.
-  "$VENV/bin/python" -c "import torch" 2>/dev/null || pip_ "torch==2.13.0"
+  if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    say "installing torch 2.13.0 (the first time takes minutes)"
+    pip_ "torch==2.13.0"
+  fi
+  say "installing the package with its dev, train and bench extras"
   pip_ -e ".[dev,train,bench]"
 else
+  say "installing the package"
   pip_ -e .
 fi
 say "ready: $VENV ($want)"

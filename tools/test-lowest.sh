@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV_LOWEST:-.venv-lowest}
-say() { printf '\033[1m[test-lowest]\033[0m %s\n' "$*" >&2; }
+T0=$SECONDS
+say() { printf '\033[1m[test-lowest %4ds]\033[0m %s\n' $((SECONDS - T0)) "$*" >&2; }
 # numpy 1.24.2 and onnxruntime 1.17.0 have wheels for Python 3.9-3.11 only: take the oldest of those
 # (a pyenv shim exists for every installed version but runs only the selected ones: try each).
 usable() { "$1" -c 'import sys; sys.exit(not (3, 9) <= sys.version_info[:2] < (3, 12))' >/dev/null 2>&1; }
@@ -31,6 +32,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 pip_() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@"; }
+say "installing the lowest versions (tools/lowest-deps.txt) and the test tools"
 pip_ --upgrade pip  # an old distribution pip cannot install a pyproject-only package in editable mode
 pip_ -c tools/lowest-deps.txt -r tools/lowest-deps.txt
 pip_ -c tools/lowest-deps.txt pytest pytest-timeout hypothesis onnx
@@ -38,5 +40,6 @@ pip_ --no-deps -e .
 say "$("$VENV/bin/python" -V) with $("$VENV/bin/python" -c 'import onnxruntime, numpy, paho.mqtt, psutil, cryptography
 print(f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}, paho-mqtt {paho.mqtt.__version__}, "
       f"psutil {psutil.__version__}, cryptography {cryptography.__version__}")')"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/unit \
+say "pytest (progress per file)"
+"$VENV/bin/python" -u -m pytest -p no:cacheprovider tests/unit \
   tests/integration/test_daemon.py tests/integration/test_publisher.py tests/integration/test_ota_update.py
