@@ -112,10 +112,10 @@ class Daemon:
         self.ring = FrameRing(cfg.source.ring_slots, *_ring_shape(cfg))
         self.source = make_source(cfg.source)
         self.publisher = Publisher(cfg, self.stop)
-        self.loop = InferenceLoop(self.ring, self.engine, self.pre, self.publisher.publish, cfg.mqtt.qos,
+        self.loop = InferenceLoop(self.ring, self.engine, self.pre, self.publisher.enqueue, cfg.mqtt.qos,
                                   min(cfg.inference.batch_max, model.batch_max), self.stop, self.liveness.beat,
                                   max_frame_age_ms=cfg.source.max_frame_age_ms if self.source.live else 0.0,
-                                  on_stop=self._stopping)
+                                  on_stop=self._stopping, flush=self.publisher.kick)
         self.ota = OtaController(cfg, self.publisher, self.engine, self.stop)
         self.discovery = Discovery(cfg, self.publisher, self.stop, hw_version=platform.machine())
         self.health = HealthSampler(cfg.health.thermal_zone, {

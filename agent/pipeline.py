@@ -33,8 +33,10 @@ class InferenceLoop:
     def __init__(self, ring: FrameRing, engine: Engine, pre: Preprocessor, sink: ResultSink,
                  qos: int, batch_max: int, stop: threading.Event,
                  beat: Callable[[str], None] = lambda name: None, max_frame_age_ms: float = 0.0,
-                 on_stop: Callable[[], None] = lambda: None) -> None:
-        self.ring, self.engine, self.pre, self.sink = ring, engine, pre, sink
+                 on_stop: Callable[[], None] = lambda: None, flush: Callable[[], None] = lambda: None) -> None:
+        """``sink`` takes each result of a batch, then ``flush`` is called once (the publisher
+        queues in ``sink`` and sends the whole batch in ``flush``)."""
+        self.ring, self.engine, self.pre, self.sink, self.flush = ring, engine, pre, sink, flush
         self.qos, self.batch_max, self.stop, self.beat, self.on_stop = qos, batch_max, stop, beat, on_stop
         self.boot_id = uuid.uuid4().hex[:16]
         self._encoder = ResultEncoder(self.boot_id)
@@ -116,6 +118,7 @@ class InferenceLoop:
                 self.seq, int(ring.frame_seq[i]), digit, self.last_confidence, probs, latency_ns // 1000,
                 (done - int(ring.t_ns[i])) // 1000, missed, engine.model.version, ts)
             self.sink("result", payload, self.qos)
+        self.flush()
 
     def _maybe_hang(self) -> None:
         if self._hang_after and self.engine.inferences >= self._hang_after:

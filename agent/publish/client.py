@@ -2,9 +2,11 @@
 
 Design (why it looks like this):
 
-* ``publish()`` only appends to the bounded drop-oldest :class:`~agent.publish.outbox.Outbox`
-  under a lock and, if the loop does not already know there is work, writes one byte to a wake
-  socket. It never touches paho, so it costs a few microseconds on the inference thread.
+* ``publish()`` appends to the bounded drop-oldest :class:`~agent.publish.outbox.Outbox` under a
+  lock. While connected, and when the loop thread is not using the client at that moment, it then
+  hands the message to paho and writes it to the socket itself (:meth:`Session.send_now`): one
+  thread, no wake-up and no GIL hand-off per message. Otherwise, if the loop does not already know
+  there is work, it writes one byte to a wake socket. It never blocks.
 * We run paho's *external-loop* API (``loop_read``/``loop_write``/``loop_misc`` around our own
   ``select``) on a thread we own, rather than ``loop_start()``: the wake socket is in the same
   ``select``, every paho call and callback happens on this one thread (no locking of paho state),
@@ -92,7 +94,13 @@ class Publisher:
 
     # -- hot path ------------------------------------------------------------------------------
     def publish(self, suffix: str, payload: bytes, qos: int, retain: bool = False) -> None:
-        """Queue one message; never blocks, never raises (bad topic/QoS: logged and counted)."""
+        """Queue one message and send it; never blocks, never raises (bad topic/QoS: logged and counted)."""
+        self.enqueue(suffix, payload, qos, retain)
+        self.kick()
+
+    def enqueue(self, suffix: str, payload: bytes, qos: int, retain: bool = False) -> None:
+        """Queue one message without sending yet: several queued messages then go out with one
+        :meth:`kick` (the inference loop's results of one batch: one ``send``)."""
         try:
             topic = self._topics.get(suffix) if qos in _QOS else None
         except TypeError:  # unhashable suffix or QoS: reported by _checked_topic
@@ -104,6 +112,15 @@ class Publisher:
         msg = _new_msg(Message, (topic, payload, qos, retain))
         with self._lock:
             self._outbox.push(msg)
+
+    def kick(self) -> None:
+        """Send what is queued: on this thread when the connection is free (no wake-up of the
+        loop), else by waking the loop if it is not already woken."""
+        if self._wake_pending:
+            return  # the loop is about to take everything
+        if self._session.send_now():
+            return
+        with self._lock:
             if self._wake_pending:
                 return
             self._wake_pending = True

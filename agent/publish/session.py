@@ -3,8 +3,14 @@
 One :class:`Session` object lives as long as the publisher; it creates a fresh paho client for
 every connection (so paho never re-sends on its own) and drives it with ``select`` on the
 client socket plus the publisher's wake socket. Everything here runs on the loop thread,
-except the few attributes read by ``stats()`` (plain ints/strs: a torn read is impossible).
+except the few attributes read by ``stats()`` (plain ints/strs: a torn read is impossible)
+and :meth:`Session.send_now`, by which the producer writes its own messages while connected.
 paho callbacks only record what happened; the loop acts on it after the paho call returns.
+
+Every use of the paho client and of the in-flight table happens under ``io_lock``; the loop holds
+it except while it waits in ``select``. So a producer that finds the lock free hands its messages
+to paho and writes them itself — no wake of this thread, no GIL hand-off per message — and when
+the lock is taken (the loop is reading a PUBACK, reconnecting, ...) it wakes the loop as before.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from agent.config.schema import Config
 from agent.publish.auth import Credentials
 from agent.publish.dispatch import Dispatcher
 from agent.publish.inflight import Inflight
-from agent.publish.outbox import Outbox
+from agent.publish.outbox import Message, Outbox
 from agent.publish.pahoclient import PahoLog, close_client, guarded, new_client
 from agent.publish.payloads import STATUS_ONLINE, STATUS_STOPPED
+from agent.publish.rawq0 import RawQos0
 
 __all__ = ["Session"]
 
@@ -70,6 +77,9 @@ class Session:
         self.beat = time.monotonic()
         self.connecting_since: Optional[float] = None
         self._paho_log = PahoLog()
+        self.io_lock = threading.Lock()
+        self._raw = RawQos0(self._m.protocol == "5")
+        self._raw_batch = 64  # QoS 0 messages per send
 
     @property
     def inflight(self) -> int:
@@ -88,12 +98,32 @@ class Session:
         while not self.done.is_set():
             self.beat = time.monotonic()
             try:
-                self._step()
+                with self.io_lock:
+                    self._step()
             except Exception as exc:  # never let the loop die: drop the connection and retry
                 log.exception("MQTT network loop error")
-                self._error(f"network loop: {exc!r}")
-                self._end_session(None)
+                with self.io_lock:
+                    self._error(f"network loop: {exc!r}")
+                    self._end_session(None)
                 self._wait(0.2)
+
+    def send_now(self) -> bool:
+        """The producer's shortcut, right after it queued: while connected and the loop is not
+        using the client, hand the outbox to paho and write it on the calling thread. Returns
+        False when the loop must be woken instead (busy, not connected, stopping, window full, or
+        the socket did not take everything)."""
+        if not self.connected or self._stopping or not self.io_lock.acquire(False):
+            return False
+        try:
+            c = self._client
+            if c is None or not self.connected:
+                return False
+            self._pump(c)
+            self._write(c)
+            return (self._lost is None and c.socket() is not None and not self._wants_write(c)
+                    and not self._outbox)
+        finally:
+            self.io_lock.release()
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -127,17 +157,43 @@ class Session:
             self._end_session("socket closed")
             return
         pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0  # select can't see these
-        wlist = [sock] if c.want_write() else []
-        r, _, _ = select.select([sock, self._wake_r], wlist, [], 0.0 if pending else _TICK_S)
+        wlist = [sock] if self._wants_write(c) else []
+        self.io_lock.release()  # producers may write while this thread waits
+        try:
+            r, _, _ = select.select([sock, self._wake_r], wlist, [], 0.0 if pending else _TICK_S)
+        except (OSError, ValueError):  # a producer's write failed and paho closed the socket
+            r = []
+        finally:
+            self.io_lock.acquire()
+        if c is not self._client:
+            return
         if self._wake_r in r:
             self._drain_wake()
         if sock in r or pending:
             c.loop_read()
-        if c.socket() is not None and c.want_write():
-            c.loop_write()  # non-blocking: writes what the socket takes now
+        self._write(c)
         if c.socket() is not None:
             c.loop_misc()  # keepalive
         self._after_io(c)
+
+    def _wants_write(self, c: mqtt.Client) -> bool:
+        return self._raw.pending or c.want_write()
+
+    def _write(self, c: mqtt.Client) -> None:
+        """Non-blocking: our raw remainder first, then paho's queue (never paho's before ours)."""
+        sock = c.socket()
+        if sock is None:
+            return
+        if self._raw.pending:
+            try:
+                self.fl.sent += len(self._raw.flush(sock))
+            except OSError as exc:
+                self._lost = f"send failed: {exc}"
+                return
+            if self._raw.pending:
+                return
+        if c.want_write():
+            c.loop_write()  # on a socket error paho closes it and says so in on_disconnect
 
     def _after_io(self, c: mqtt.Client) -> None:
         if self._connack is not None:
@@ -220,7 +276,7 @@ class Session:
         self._stopped_mid = None
         if c is not None:
             close_client(c)
-        back = self.fl.take_back(was)
+        back = self.fl.take_back(was) + self._raw.reset()
         with self._lock:
             lost = self._outbox.requeue(back)
         if reason:
@@ -244,6 +300,8 @@ class Session:
 
     # -- sending ---------------------------------------------------------------------------------
     def _pump(self, c: mqtt.Client) -> None:
+        if not self._raw.pending and not c.want_write():
+            self._pump_raw(c)
         with self._lock:
             batch = self.fl.take(self._outbox)
             if not self._outbox:
@@ -267,6 +325,37 @@ class Session:
                 return
             self.fl.handed(info.mid, m)
 
+    def _pump_raw(self, c: mqtt.Client) -> None:
+        """QoS 0 messages at the head of the outbox, packed and written in one ``send``
+        (:mod:`agent.publish.rawq0`); only called while paho has nothing waiting to be written."""
+        sock = c.socket()
+        if sock is None:
+            return
+        msgs: list[Message] = []
+        with self._lock:
+            while self._outbox and len(msgs) < self._raw_batch:
+                m = self._outbox.peek()
+                if m is None or m.qos:
+                    break
+                msgs.append(self._outbox.pop())
+            if not self._outbox:
+                self._on_empty()
+        if not msgs:
+            return
+        if self.fl.max_packet:
+            ok = [m for m in msgs if not self.fl.problem(m)]
+            for m in msgs:
+                if m not in ok:
+                    self.fl.rejected += 1
+                    log.error("dropping unpublishable message on %s: %s", m.topic, self.fl.problem(m))
+            msgs = ok
+        try:
+            self.fl.sent += self._raw.write(sock, msgs)
+        except OSError as exc:
+            with self._lock:
+                self._outbox.requeue(msgs)
+            self._lost = f"send failed: {exc}"
+
     def _stop_progress(self, c: mqtt.Client, now: float) -> bool:
         """Shutdown while connected: flush, then retained ``stopped``, then a clean DISCONNECT."""
         if self._stopped_mid is None:
@@ -277,7 +366,7 @@ class Session:
         if not (self._stopped_acked or now >= self._hard_deadline):
             return False
         c.disconnect()
-        c.loop_write()
+        self._write(c)
         self._finish()
         return True
 
