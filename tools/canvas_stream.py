@@ -1,17 +1,24 @@
 """Test/demo camera: MNIST digits on a larger noisy canvas as a raw video stream.
 
-Frame ``k`` shows digit ``(start + k) % N`` of the images file (``images``/``labels`` NPZ, default the
-shipped golden set), centred in the region of interest, on a noisy background with clutter (a
-gradient and other digits) outside the ROI -- so the pipe source's ROI and the runtime preprocessing
-are what make it readable. Output is raw ``gray`` or ``yuv420`` (I420, chroma 128) frames, or gray
-frames converted by ffmpeg to any ``-pix_fmt``::
+Frame k shows digit (start + k) % N of the images file (an images/labels NPZ, default the shipped
+golden set), centred in the region of interest, on a noisy background with clutter (a gradient and
+other digits) outside the ROI -- so the pipe source's ROI and the runtime preprocessing are what
+make it readable. Output is raw gray or yuv420 (I420, chroma 128) frames, or gray frames converted
+by ffmpeg to any -pix_fmt. The daemon must be told the stream's geometry, format and ROI (the
+defaults here: 160x120 gray, ROI 60,40,40,40):
 
-    python -m tools.canvas_stream --count 300 --fps 60 --out /run/digit-agent/camera.fifo
-    python -m tools.canvas_stream --ffmpeg yuv420p --out cam.fifo      # through ffmpeg
-    python -m tools.canvas_stream --format gray --out - | digit-agent run --set source.path=-
+    python -m tools.canvas_stream --fps 20 --out - | digit-agent run --config config.toml \\
+        --set source.type=pipe --set source.path=- --set source.width=160 --set source.height=120 \\
+        --set source.pixel_format=gray --set 'source.roi=[60, 40, 40, 40]'
 
-``--partial BYTES`` then writes the first bytes of one more frame (a producer dying mid-frame) and
-``--hold`` keeps the stream open afterwards until the process is killed (tests of restarts).
+    python -m tools.canvas_stream --fps 20 --format yuv420 --out - | digit-agent run --config config.toml \\
+        --set source.type=pipe --set source.path=- --set source.width=160 --set source.height=120 \\
+        --set source.pixel_format=yuv420 --set 'source.roi=[60, 40, 40, 40]'
+
+--out PATH writes to a FIFO (mkfifo PATH) that the daemon reads with source.path=PATH; --ffmpeg
+yuv420p sends the frames through ffmpeg. --partial BYTES then writes the first bytes of one more
+frame (a producer dying mid-frame) and --hold keeps the stream open afterwards until the process
+is killed (tests of restarts).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A small MQTT 3.1.1 broker in pure Python, for ``make demo`` on a machine without mosquitto.
+"""A small MQTT 3.1.1 broker in pure Python, for make demo on a machine without mosquitto.
 
 Why not a broker from the package index: it would be a download at demo time (no network, no
 demo), a second dependency tree next to the daemon's (amqtt pins its own psutil and needs Python
@@ -6,7 +6,7 @@ demo), a second dependency tree next to the daemon's (amqtt pins its own psutil 
 a fraction of a second on any Python the daemon runs on, and logs its errors to stderr.
 
 What it does (what the daemon, the demo and paho need): CONNECT with will and keepalive, QoS 0/1/2
-in both directions, retained messages, ``+``/``#`` filters (not matching ``$…`` topics at the first
+in both directions, retained messages, + and # filters (not matching $… topics at the first
 level), UNSUBSCRIBE, PING, a second connection with the same client id replacing the first. What
 it does not: MQTT 5 (refused with CONNACK 1), persistent sessions (every session is clean),
 redelivery, authentication (any username/password is accepted), TLS. It is a demo broker: the

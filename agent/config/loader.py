@@ -48,21 +48,26 @@ def load_config(path: Union[str, Path], overrides: Iterable[str] = (),
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read: {exc.strerror or exc}"]) from None
     env = os.environ if environ is None else environ
-    env_overrides = [f"{k[len(ENV_PREFIX):].lower().replace('__', '.')}={v}"
-                     for k, v in sorted(env.items()) if k.startswith(ENV_PREFIX)]
-    return parse_config(text, str(p), [*env_overrides, *overrides])
+    return parse_config(text, str(p), overrides,
+                        env_overrides=[(k, v) for k, v in sorted(env.items()) if k.startswith(ENV_PREFIX)])
 
 
-def parse_config(text: str, filename: str = "<config>", overrides: Iterable[str] = ()) -> Config:
-    """Validate TOML ``text``; relative paths resolve against ``filename``'s directory."""
+def parse_config(text: str, filename: str = "<config>", overrides: Iterable[str] = (),
+                 env_overrides: Iterable[tuple[str, str]] = ()) -> Config:
+    """Validate TOML ``text``; relative paths resolve against ``filename``'s directory.
+    ``env_overrides`` are ``(DIGIT_AGENT__SECTION__KEY, value)`` pairs, applied before ``overrides``
+    and named by their variable in errors."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{filename}: invalid TOML: {exc}"]) from None
     problems: list[str] = []
     overridden: dict[tuple[str, ...], str] = {}
+    for name, value in env_overrides:
+        item = f"{name[len(ENV_PREFIX):].lower().replace('__', '.')}={value}"
+        _apply_override(raw, item, problems, overridden, f"environment variable {name}={value!r}")
     for item in overrides:
-        _apply_override(raw, item, problems, overridden)
+        _apply_override(raw, item, problems, overridden, f"override {item!r}")
     lines = _KeyLines(text)
     base = Path(filename).resolve().parent if not filename.startswith("<") else Path.cwd()
     ctx = _Ctx(filename, lines, base, problems, overridden)
@@ -85,9 +90,9 @@ class _Ctx:
     overridden: dict[tuple[str, ...], str] = dataclasses.field(default_factory=dict)
 
     def error(self, keypath: tuple[str, ...], reason: str) -> None:
-        item = self.overridden.get(keypath[:2])
-        if item is not None:  # the value came from --set / the environment, not from the file
-            where = f"override {item!r}"
+        origin = self.overridden.get(keypath[:2])
+        if origin is not None:  # the value came from --set / the environment, not from the file
+            where = origin
         else:
             line = self.lines.find(keypath)
             where = f"{self.filename}:{line}" if line else self.filename
@@ -120,11 +125,12 @@ class _KeyLines:
 
 
 def _apply_override(raw: dict[str, Any], item: str, problems: list[str],
-                    overridden: dict[tuple[str, ...], str]) -> None:
+                    overridden: dict[tuple[str, ...], str], origin: str) -> None:
+    """``origin`` names the override in errors: ``override 'k=v'`` or the environment variable."""
     key, sep, value = item.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not sep or len(parts) != 2:
-        problems.append(f"override {item!r}: expected section.key=value")
+        problems.append(f"{origin}: expected section.key=value")
         return
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
@@ -135,9 +141,9 @@ def _apply_override(raw: dict[str, Any], item: str, problems: list[str],
     section = raw.setdefault(parts[0], {})
     if isinstance(section, dict):
         section[parts[1]] = parsed
-        overridden[(parts[0], parts[1])] = item
+        overridden[(parts[0], parts[1])] = origin
     else:
-        problems.append(f"override {item!r}: {parts[0]} is not a table")
+        problems.append(f"{origin}: {parts[0]} is not a table")
 
 
 def _is_str_field(section: str, key: str) -> bool:
@@ -271,6 +277,10 @@ def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
         ctx.error(("mqtt", "username"), "password_file is set but username is empty")
     if s.reopen_min_s > s.reopen_max_s:
         ctx.error(("source", "reopen_min_s"), "must not exceed source.reopen_max_s")
+    if s.type == "replay" and s.path == "-":
+        ctx.error(("source", "path"), "'-' (standard input) is for type = \"pipe\"; a replay reads a file "
+                  "(for a raw video stream set source.type = \"pipe\" with the stream's width, height "
+                  "and pixel_format, see docs/camera.md)")
     if s.type == "pipe":
         if s.pixel_format == "yuv420" and (s.width % 2 or s.height % 2):
             ctx.error(("source", "width"), "yuv420 needs an even width and height")

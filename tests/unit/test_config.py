@@ -187,3 +187,46 @@ def test_overrides_of_text_keys_keep_the_text() -> None:
     cfg = parse_config("", "site.toml", ["mqtt.username=1234", "mqtt.host=inf", "device.id=007"])
     assert (cfg.mqtt.username, cfg.mqtt.host, cfg.device.id) == ("1234", "inf", "007")
     assert parse_config("", "site.toml", ["mqtt.port=1884"]).mqtt.port == 1884  # numbers stay numbers
+
+
+def test_environment_override_errors_name_the_variable(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[mqtt]\nport = 1883\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f, environ={"DIGIT_AGENT__MQTT__PORT": "abc"})
+    assert str(e.value).startswith("environment variable DIGIT_AGENT__MQTT__PORT='abc': mqtt.port:"), str(e.value)
+    with pytest.raises(ConfigError, match=r"^environment variable DIGIT_AGENT__MQTT='x': expected section\.key"):
+        load_config(f, environ={"DIGIT_AGENT__MQTT": "x"})
+    # --set wins over the environment, and is the one named when wrong
+    with pytest.raises(ConfigError, match=r"^override 'mqtt.port=0'"):
+        load_config(f, ["mqtt.port=0"], environ={"DIGIT_AGENT__MQTT__PORT": "1884"})
+
+
+def test_stdin_path_needs_the_pipe_source() -> None:
+    """'-' is standard input: a replay would try to open a file named '-' and the daemon not start."""
+    with pytest.raises(ConfigError, match=r"override 'source.path=-': source.path: '-' \(standard input\) is "
+                                          r"for type = \"pipe\""):
+        parse_config("[source]\ntype = 'replay'\n", "c.toml", ["source.path=-"])
+    assert parse_config("[source]\ntype = 'pipe'\n", "c.toml", ["source.path=-"]).source.path == "-"
+
+
+def test_selftest_states_its_rule_and_why_a_slow_p99_passes() -> None:
+    from types import SimpleNamespace
+
+    from agent.cli import selftest_report
+    from agent.inference.choice import Choice, Row
+
+    cfg = parse_config("[inference]\ndeadline_ms = 5.0\nselftest_min_accuracy = 0.97\n")
+    model = SimpleNamespace(variant="int8")
+
+    def report(p99_us: float) -> list[str]:
+        rows = [Row("int8", 1.0, "passes", 70.0, p99_us, served=True), Row("fp32", 1.0, "passes", 90.0, 9e3)]
+        return selftest_report("m.onnx", 2, Choice(model, rows, "fastest"), cfg)  # type: ignore[arg-type]
+
+    slow = report(8298.3)
+    assert slow[0] == "selftest passed: model m.onnx version 2, variant int8"
+    assert "the rule: golden accuracy ≥ inference.selftest_min_accuracy (97.0 %) and finite outputs" in slow[1]
+    assert slow[2].startswith("  p99 8.298 ms is over inference.deadline_ms (5 ms): wall time"), slow
+    assert len(report(180.0)) == 2  # the served variant is within: nothing to explain (fp32's p99 is not served)
+    r = _cli("selftest", "--config", "config.toml")  # the real command prints the same report
+    assert r.returncode == 0 and "  the rule: golden accuracy ≥" in r.stdout, r.stdout + r.stderr

@@ -1,9 +1,11 @@
-"""`make bench` / `make bench-quick`: run the benchmarks and write JSON, Markdown and PNG results.
+"""make bench / make bench-quick: run the benchmarks and write JSON, Markdown and PNG results.
 
-    python -m tools.bench [--quick] [--out bench/results] [--only frontier|e2e]
+    python -m tools.bench --out bench/results                  # make bench
+    python -m tools.bench --quick --out build/bench            # make bench-quick
+    python -m tools.bench --only frontier --out bench/results  # or --only e2e
 
-Files: ``<out>/<date>-<host>[-quick].json`` (machine info + every figure), ``.md`` (tables and
-target verdicts), ``-frontier.png`` and ``-latency.png``.
+Files: <out>/<date>-<host>[-quick].json (machine info + every figure), .md (tables and target
+verdicts), -frontier.png and -latency.png.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m tools.fleet status|rollout|simulate`` — see docs/fleet.md."""
+"""python -m tools.fleet status|rollout|simulate — see docs/fleet.md."""
 
 from __future__ import annotations
 

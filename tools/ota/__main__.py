@@ -1,4 +1,4 @@
-"""``python -m tools.ota keygen | package | push | watch`` — the operator's side of OTA model updates.
+"""python -m tools.ota keygen | package | push | watch — the operator's side of OTA model updates.
 
     python -m tools.ota keygen --out ~/.config/digit-agent/ota.key
     python -m tools.ota package --model new.onnx --card new.card.json --key ~/.config/digit-agent/ota.key \\
