@@ -252,6 +252,14 @@ def test_every_fenced_block_has_a_language_tag() -> None:
     assert not untagged, f"tag these blocks (sh for commands, text for output and diagrams): {untagged}"
 
 
+def test_user_docs_speak_of_the_product_not_of_how_it_was_made() -> None:
+    """No tracker references ("issue", "#3") or process words in what users read."""
+    pattern = re.compile(r"\bissues?\b|\bCEO\b|(?<![\w.)/&])#\d+\b", re.IGNORECASE)
+    hits = [f"{doc.relative_to(REPO)}:{n}: {line.strip()}" for doc in DOCS
+            for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not hits, "\n".join(hits)
+
+
 def test_help_texts_are_plain_text() -> None:
     for module in HELP_MODULES:
         assert "``" not in _help(module), f"python -m {module} --help shows reST markup"
