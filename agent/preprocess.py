@@ -12,7 +12,7 @@ Steps, mirroring how MNIST itself was built (LeCun et al.):
    (folded into the final scale);
 3. bounding box of ink above ``ink_threshold``;
 4. aspect-preserving area resampling of the box so its longer side is 20 px (separable: two small
-   matmuls; long-side tables precomputed, the short side rebuilt per call into preallocated arrays);
+   matmuls; long-side tables precomputed, each short-side table built on first use and kept);
 5. integer translation placing the centre of mass at pixel (14, 14) of the 28x28 field
    (the measured MNIST convention);
 6. final scaling ``(x / 255 - mean) / std``, the exact scaling used in training.
@@ -20,7 +20,7 @@ Steps, mirroring how MNIST itself was built (LeCun et al.):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -60,17 +60,30 @@ class Preprocessor:
         self._one = _F32(1.0)
         # Flat buffers reshaped per call: contiguous views keep numpy's ufunc iterator from allocating.
         self._f = np.empty(m * m, _F32)  # frame as float ink
-        self._ones = np.ones(m, _F32)
-        self._rsum = np.empty(m, _F32)  # row sums (_sums), reused by each step
-        self._csum = np.empty(m, _F32)  # column sums
-        self._x = np.empty(m * m, _F32)  # ink above the bounding-box threshold
-        self._rb = np.empty(m, np.bool_)
-        self._cb = np.empty(m, np.bool_)
+        # Border selectors: [1; e_0; e_last] @ f @ [1, e_0, e_last] is a 3x3 matrix holding the total,
+        # the first/last row and column sums and the four corners (two matmuls). Pixel sums of
+        # uint8 frames up to 255x255 are integers < 2**24: exact in float32, in any order.
+        self._lsel: list[np.ndarray] = [np.zeros((3, 0), _F32)]
+        self._rsel: list[np.ndarray] = [np.zeros((0, 3), _F32)]
+        for n in range(1, m + 1):
+            sel = np.zeros((3, n), _F32)
+            sel[0], sel[1, 0], sel[2, n - 1] = 1.0, 1.0, 1.0
+            self._lsel.append(sel)
+            self._rsel.append(np.ascontiguousarray(sel.T))
+        self._fr = np.empty(3 * m, _F32)
+        self._edges = np.empty((3, 3), _F32)
+        self._mask = np.empty(m * m, np.bool_)  # ink above the bounding-box threshold
+        self._ones_b = np.ones(m, np.bool_)
+        self._rb = np.empty(m, np.bool_)  # rows holding ink
+        self._cb = np.empty(m, np.bool_)  # columns holding ink
         # G = [k, 1] @ [[step], [-j]] = k * step - j: the broadcast as a tiny matmul (no iterator buffers).
         self._ka = np.stack([np.arange(BOX + 1, dtype=_F32), np.ones(BOX + 1, _F32)], axis=1)
         self._sj = np.stack([np.zeros(m, _F32), -np.arange(m, dtype=_F32)])
         self._g = np.empty((BOX + 1) * m, _F32)  # clipped edge/pixel overlaps
-        self._wshort = np.empty(BOX * m, _F32)
+        # Short-side tables (n_in -> n_out < BOX), built on first use into one preallocated arena
+        # (pages never used are never touched) and kept as views: no per-call table build.
+        self._short = np.empty(BOX * (BOX + 1) // 2 * m * (m + 1) // 2, _F32)
+        self._short_views: list[list[Optional[np.ndarray]]] = [[None] * (BOX + 1) for _ in range(m + 1)]
         self._tmp = np.empty(BOX * m, _F32)
         self._res = np.empty(BOX * BOX, _F32)
         # Moment projections: [1, y] @ res @ [1, x] gives total mass and first moments in two matmuls.
@@ -84,6 +97,7 @@ class Preprocessor:
         for n_in in range(1, m + 1):
             self._long_off[n_in + 1] = self._long_off[n_in] + BOX * n_in
             self._weights(self._long_table(n_in), n_in)
+        self._long_views = [self._long_table(n) for n in range(m + 1)]
 
     @classmethod
     def from_card(cls, card: dict[str, Any], max_side: int = 64) -> Preprocessor:
@@ -130,14 +144,14 @@ class Preprocessor:
     def _to_ink(self, f: np.ndarray) -> float:
         """Make ink bright on a zero background in place; return the ink peak."""
         h, w = f.shape
-        rsum, csum = self._sums(f)
-        total = float(np.add.reduce(rsum))
+        fr = self._fr[: 3 * w].reshape(3, w)
+        np.matmul(self._lsel[h], f, out=fr)
+        np.matmul(fr, self._rsel[w], out=self._edges)
+        (total, c0, c1), (r0, f00, f01), (r1, f10, f11) = self._edges.tolist()
         if h <= 2 or w <= 2:
             border = total / (h * w)
         else:
-            corners = float(f[0, 0]) + float(f[0, -1]) + float(f[-1, 0]) + float(f[-1, -1])
-            edge = float(rsum[0]) + float(rsum[-1]) + float(csum[0]) + float(csum[-1]) - corners
-            border = edge / (2 * (h + w) - 4)
+            border = (r0 + r1 + c0 + c1 - (f00 + f01 + f10 + f11)) / (2 * (h + w) - 4)
         # The border is background: brighter than the frame's average means dark ink on light paper.
         if border * (h * w) > total:
             np.subtract(_F32(border), f, out=f)
@@ -147,30 +161,20 @@ class Preprocessor:
         return float(np.maximum.reduce(f.reshape(-1)))  # 1-D: a 2-D reduce allocates on numpy < 2.3
 
     def _bbox(self, f: np.ndarray, peak: float) -> tuple[int, int, int, int]:
-        """Rows and columns holding ink above the threshold: a row's summed excess over it is > 0
-        exactly when one of its pixels is. (Row/column maxima would say the same, but a 2-D
-        ``maximum.reduce`` allocates a 16 KB iterator buffer per call on numpy < 2.3.)"""
+        """Rows and columns holding ink above the threshold: one mask, then "any" along each axis as
+        boolean matmuls (a 2-D ``logical_or.reduce``, a transposed ufunc input or ``argmax`` of a
+        long reversed view would allocate per call)."""
         h, w = f.shape
-        x = self._x[: h * w].reshape(h, w)
-        np.subtract(f, _F32(self._thr * peak), out=x)
-        np.maximum(x, self._zero, out=x)
-        rx, cx = self._sums(x)
+        mask = self._mask[: h * w].reshape(h, w)
+        np.greater(f, _F32(self._thr * peak), out=mask)
         rows, cols = self._rb[:h], self._cb[:w]
-        np.greater(rx, self._zero, out=rows)
-        np.greater(cx, self._zero, out=cols)
+        np.matmul(mask, self._ones_b[:w], out=rows)
+        np.matmul(self._ones_b[:h], mask, out=cols)
         y0 = int(rows.argmax())
         y1 = h - int(rows[::-1].argmax())
         x0 = int(cols.argmax())
         x1 = w - int(cols[::-1].argmax())
         return y0, y1, x0, x1
-
-    def _sums(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Row and column sums of ``a`` into the shared buffers (matmuls: no iterator buffers)."""
-        h, w = a.shape
-        rsum, csum = self._rsum[:h], self._csum[:w]
-        np.matmul(a, self._ones[:w], out=rsum)
-        np.matmul(self._ones[:h], a, out=csum)
-        return rsum, csum
 
     def _long_table(self, n_in: int) -> np.ndarray:
         a, b = self._long_off[n_in], self._long_off[n_in + 1]
@@ -192,18 +196,26 @@ class Preprocessor:
         np.maximum(g, self._zero, out=g)
         np.subtract(g[1:], g[:-1], out=dst)
 
+    def _short_table(self, n_in: int, n_out: int) -> np.ndarray:
+        """The (n_out, n_in) weights, built once into the arena. Block of n_in: all n_out <= BOX."""
+        t: Optional[np.ndarray] = self._short_views[n_in][n_out]
+        if t is None:
+            base = BOX * (BOX + 1) // 2 * n_in * (n_in - 1) // 2 + n_in * n_out * (n_out - 1) // 2
+            t = self._short[base:base + n_out * n_in].reshape(n_out, n_in)
+            self._weights(t, n_in)
+            self._short_views[n_in][n_out] = t
+        return t
+
     def _resize(self, crop: np.ndarray) -> tuple[np.ndarray, float]:
         """Aspect-preserving area resize, longer side -> BOX; returns (unnormalised result, its scale)."""
         ch, cw = crop.shape
         n_long = max(ch, cw)
         n_short = min(BOX, max(1, round(min(ch, cw) * BOX / n_long)))
-        long_t = self._long_table(n_long)
+        long_t = self._long_views[n_long]
         if ch == cw:
             wy, wx = long_t, long_t
         else:
-            n_in = min(ch, cw)
-            short_t = self._wshort[: n_short * n_in].reshape(n_short, n_in)
-            self._weights(short_t, n_in)
+            short_t = self._short_table(min(ch, cw), n_short)
             wy, wx = (long_t, short_t) if ch > cw else (short_t, long_t)
         nh, nw = wy.shape[0], wx.shape[0]
         tmp = self._tmp[: nh * cw].reshape(nh, cw)
