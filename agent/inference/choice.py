@@ -41,7 +41,12 @@ class Refused(Exception):
 
 
 class NoVariant(Exception):
-    """Nothing may serve: every variant refused, or the pinned one refused or missing."""
+    """Nothing may serve: every variant refused, or the pinned one refused or missing.
+    ``reasons``: each refused variant's reason."""
+
+    def __init__(self, message: str, reasons: Optional[dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or {}
 
 
 @dataclass(frozen=True)
@@ -131,20 +136,22 @@ class ChoiceCache:
                 log.warning("cannot write the variant choice cache %s: %s", self.path, exc)
 
 
-def _gate_all(candidates: list[Candidate]) -> tuple[dict[str, LoadedModel], list[Row]]:
+def _gate_all(candidates: list[Candidate]) -> tuple[dict[str, LoadedModel], list[Row], dict[str, str]]:
     passed: dict[str, LoadedModel] = {}
     rows = []
+    reasons = {}
     for c in candidates:
         try:
             model, golden = c.gate()
         except Refused as exc:
+            reasons[c.name] = str(exc)
             rows.append(Row(c.name, exc.accuracy, f"refused: {exc}"))
             log.warning("variant %s refused: %s", c.name, exc)
             continue
         model.variant = c.name
         passed[c.name] = model
         rows.append(Row(c.name, golden.accuracy, "passes", golden.p50_us, golden.p99_us))
-    return passed, rows
+    return passed, rows, reasons
 
 
 def choose(candidates: list[Candidate], frame: np.ndarray, pin: str = AUTO, seconds_each: float = 1.0,
@@ -154,14 +161,14 @@ def choose(candidates: list[Candidate], frame: np.ndarray, pin: str = AUTO, seco
     if pin != AUTO and pin not in names:
         raise NoVariant(f"inference.variant = {pin!r}: the model has no such variant (it has "
                         f"{', '.join(names)})")
-    passed, rows = _gate_all(candidates)
+    passed, rows, reasons = _gate_all(candidates)
     by_name = {r.name: r for r in rows}
     if pin != AUTO:
         if pin not in passed:
-            raise NoVariant(f"inference.variant = {pin!r}: that variant {by_name[pin].verdict}")
+            raise NoVariant(f"inference.variant = {pin!r}: that variant {by_name[pin].verdict}", reasons)
         return _done(passed[pin], rows, "pinned", "of the golden run")
     if not passed:
-        raise NoVariant("no variant passes: " + "; ".join(f"{r.name} {r.verdict}" for r in rows))
+        raise NoVariant("no variant passes: " + "; ".join(f"{r.name} {r.verdict}" for r in rows), reasons)
     if len(passed) == 1:
         return _done(next(iter(passed.values())), rows, "only", "of the golden run")
     key = cache_key({c.name: c.sha256 for c in candidates})

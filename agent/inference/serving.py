@@ -14,13 +14,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from agent.inference.choice import AUTO, Candidate, Choice, ChoiceCache, Refused, choose
+from agent.inference.choice import AUTO, Candidate, Choice, ChoiceCache, Refused, cache_key, choose
 from agent.inference.golden import GoldenResult, GoldenSet
 from agent.inference.model import INPUT_SHAPE, LoadedModel, ModelError
 from agent.inference.variants import ModelSet, Variant
 from agent.preprocess import Preprocessor
 
-__all__ = ["CACHE_FILE", "Judge", "choose_variant", "file_sha256_or_empty", "timing_frame"]
+__all__ = ["CACHE_FILE", "Judge", "choose_variant", "file_sha256_or_empty", "load_preferred", "timing_frame"]
 
 CACHE_FILE = "variant-choice.json"
 Judge = Callable[[LoadedModel], GoldenResult]  # raises Refused
@@ -50,7 +50,7 @@ def _candidate(v: Variant, batch_max: int, version: Optional[int], judge: Judge)
         try:
             model = LoadedModel.load(v.path, batch_max, v.card, version=version)
         except ModelError as exc:
-            raise Refused(str(exc)) from None
+            raise Refused(f"model refused: {str(exc).replace(str(v.path) + ': ', '')}") from None
         model.variant = v.name
         return model, judge(model)
 
@@ -64,3 +64,17 @@ def choose_variant(models: ModelSet, judge: Judge, frame: np.ndarray, batch_max:
     cache = ChoiceCache(Path(state_dir) / CACHE_FILE) if state_dir else None
     candidates = [_candidate(v, batch_max, version, judge) for v in models.variants]
     return choose(candidates, frame, pin, seconds_each, cache, stop)
+
+
+def load_preferred(models: ModelSet, batch_max: int, pin: str = AUTO, state_dir: str = "") -> LoadedModel:
+    """The variant to fall back to without gating or timing (a version that served before, e.g. the
+    one an OTA rollback returns to): the pinned one, else the cached choice for this CPU, else the first."""
+    name = pin if pin != AUTO else ""
+    if not name and state_dir and len(models.variants) > 1:
+        key = cache_key({v.name: file_sha256_or_empty(v.path) for v in models.variants})
+        hit = ChoiceCache(Path(state_dir) / CACHE_FILE).lookup(key)
+        name = str(hit.get("choice", "")) if hit else ""
+    v = next((v for v in models.variants if v.name == name), models.variants[0])
+    model = LoadedModel.load(v.path, batch_max, v.card)
+    model.variant = v.name
+    return model

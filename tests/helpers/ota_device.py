@@ -82,7 +82,7 @@ class Bench:
         base: dict[str, dict[str, Any]] = {
             "source": {"path": str(self.golden), "rate_hz": 100.0, "loop": True},
             "inference": {"model": str(self.shipped), "golden": str(self.golden), "deadline_ms": 20.0,
-                          "selftest_min_accuracy": 0.9},
+                          "selftest_min_accuracy": 0.9, "variant_time_s": 0.05},
             "ota": {"trusted_keys": str(self.keys_dir), "state_dir": str(tmp / "state"),
                     "test_window_s": 1.0, "stall_s": 0.5, "min_accuracy": 0.9},
             "health": {"interval_s": 5.0},

@@ -151,3 +151,21 @@ def test_pi_estimate_separates_fixed_cost_from_mac_work() -> None:
         f = PI_FACTORS[r["board"]]
         assert (r["fixed_cpu_us"], r["mac_cpu_us"]) == (30.0, 20.0)
         assert r["inference_cpu_us"] == round(30.0 * f["python"] + 20.0 * f["kernel"], 1)
+
+
+def test_variants_side_by_side_report_served_over_fastest(tmp_path: Path) -> None:
+    from tests.helpers.models import make_model, make_variant_set
+    from tools.bench.variants import measure_variants, variants_table, variants_target
+
+    card = make_variant_set(tmp_path / "set", extra={"tiny": make_model(tmp_path / "tiny.onnx")})
+    doc = measure_variants(card, seconds_each=0.05, choice_seconds=0.02)
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert set(rows) == {"int8", "fp32", "tiny"}
+    for r in rows.values():
+        assert r["p999_us"] >= r["p99_us"] >= r["p50_us"] > 0 and r["cpu_us"] > 0 and r["runs"] >= 48
+    assert not rows["tiny"]["passes"] and not rows["tiny"]["served"]  # refused: never served, never "fastest"
+    assert doc["served"] in ("int8", "fp32") and doc["fastest"] in ("int8", "fp32")
+    assert doc["served_over_fastest"] >= 1.0  # served passes, so it is at best the fastest of this run
+    assert variants_target(doc)["met"] in (True, False)
+    table = variants_table(doc)
+    assert all(f"| {n} |" in table for n in rows) and "served ÷ fastest" in table

@@ -16,11 +16,18 @@ from tests.helpers.broker import Broker
 from tests.helpers.daemon import AgentProcess
 from tests.helpers.ota import model_bytes
 from tests.helpers.ota_device import Bench
+from tools.ota.package import bundle
 
 pytestmark = pytest.mark.integration
 
 V2 = model_bytes("good", tag=2)
 CHUNK = 1024
+MULTI = [("int8", V2), ("fp32", model_bytes("good", tag=3))]  # a multi-variant job: one transfer, one manifest
+
+
+def _job(multi: bool) -> tuple[bytes, dict[str, Any]]:
+    """(bytes transferred, envelope spec) of version 2 as one file or as two variants."""
+    return (bundle(MULTI), {"variants": MULTI}) if multi else (V2, {})
 
 
 @pytest.fixture
@@ -53,12 +60,14 @@ def _disk(bench: Bench) -> dict[str, Any]:
     return doc
 
 
+@pytest.mark.parametrize("multi", [False, True], ids=["one-file", "multi-variant"])
 @pytest.mark.parametrize("point", ["downloading", "verifying", "validating", "activating", "installed",
                                    "testing"])
-def test_kill9_then_restart_completes_the_update(bench: Bench, point: str) -> None:
+def test_kill9_then_restart_completes_the_update(bench: Bench, point: str, multi: bool) -> None:
     hook = {} if point in ("downloading", "testing") else {"DIGIT_AGENT_TEST_OTA_PAUSE": f"{point}:60"}
     agent = _start(bench, hook)
-    pusher = bench.push(bench.envelope(V2, 2, chunk_size=CHUNK), V2, rate=40.0)
+    data, spec = _job(multi)
+    pusher = bench.push(bench.envelope(data, 2, chunk_size=CHUNK, **spec), data, rate=40.0)
     try:
         shown = "downloading" if point == "installed" else point
         bench.wait_state("job-v2", (shown,), 30)
@@ -80,17 +89,24 @@ def test_kill9_then_restart_completes_the_update(bench: Bench, point: str) -> No
             assert after[0]["state"] == "downloading" and after[0]["progress"] > 0, after[:3]
         if point in ("installed", "testing"):  # the pending model served again, its window restarted
             assert any("resumed after a restart" in s["reason"] for s in after), after
-        count = -(-len(V2) // CHUNK)
+        if multi:  # every variant installed and recorded; the one serving is one of them
+            assert set(disk["committed"]["variants"]) == {"int8", "fp32"}
+            for name, blob in MULTI:
+                assert (bench.tmp / "state" / "slots" / f"{disk['committed']['slot']}.{name}.onnx").read_bytes() \
+                    == blob
+        count = -(-len(data) // CHUNK)
         assert pusher.sent < 2 * count, f"resumed, not restarted: {pusher.sent} chunks for {count}"
     finally:
         pusher.close()
         agent.stop()
 
 
-def test_kill9_in_testing_with_one_attempt_rolls_back(tmp_path: Path, broker: Broker) -> None:
+@pytest.mark.parametrize("multi", [False, True], ids=["one-file", "multi-variant"])
+def test_kill9_in_testing_with_one_attempt_rolls_back(tmp_path: Path, broker: Broker, multi: bool) -> None:
     bench = Bench(tmp_path, broker, ota={"test_window_s": 20.0, "max_attempts": 1})
     agent = _start(bench)
-    pusher = bench.push(bench.envelope(V2, 2), V2)
+    data, spec = _job(multi)
+    pusher = bench.push(bench.envelope(data, 2, **spec), data)
     try:
         bench.wait_state("job-v2", ("testing",), 30)
         _serving(bench, 2)

@@ -272,3 +272,43 @@ def test_gate_rejects_bad_models(bench: Bench, device: Device, kind: str, spec: 
     _serving_continuously(bench, device)
     assert device.engine.model.version == 1 and device.engine.swaps == 0
     assert _state(bench)["committed"] is None and "job-v2" in _state(bench)["seen_jobs"]
+
+
+# 21 22: a multi-variant job (one signed manifest, every variant in one transfer) ----------------
+def _variants(*kinds: tuple[str, str], tag: int = 2) -> tuple[bytes, list[tuple[str, bytes]]]:
+    from tools.ota.package import bundle
+    vs = [(name, model_bytes(kind, tag=tag + i)) for i, (name, kind) in enumerate(kinds)]
+    return bundle(vs), vs
+
+
+def test_multi_variant_update_commits_serves_a_passing_variant_and_keeps_anti_rollback(
+        bench: Bench, device: Device) -> None:
+    data, vs = _variants(("int8", "good"), ("bad", "inaccurate"), ("fp32", "good"))
+    done = _push_and_wait(bench, bench.envelope(data, 2, variants=vs), data, "job-v2")
+    assert done["state"] == "committed", done
+    res = _serving_continuously(bench, device, 30)
+    assert res[-1]["model_version"] == 2
+    model = device.engine.model
+    assert model.variant in ("int8", "fp32") and model.choice["how"] in ("fastest", "cached")
+    assert "bad" in model.choice["refused"]
+    disk = _state(bench)["committed"]
+    slot = disk["slot"]
+    assert set(disk["variants"]) == {"int8", "bad", "fp32"}
+    slots = bench.tmp / "state" / "slots"
+    for name, blob in vs:  # every variant installed, byte for byte, beside the card that lists them
+        assert (slots / f"{slot}.{name}.onnx").read_bytes() == blob
+    card = json.loads((slots / f"{slot}.card.json").read_text())
+    assert [v["file"] for v in card["variants"]] == [f"{slot}.{n}.onnx" for n, _ in vs] and card["version"] == 2
+    same_data, same_vs = _variants(("int8", "good"), ("fp32", "good"), tag=7)
+    again = _push_and_wait(bench, bench.envelope(same_data, 2, job="again-v2", variants=same_vs), same_data,
+                           "again-v2")
+    assert again["state"] == "rejected" and "not newer than 2" in again["reason"]
+
+
+def test_multi_variant_update_with_no_passing_variant_is_rejected(bench: Bench, device: Device) -> None:
+    data, vs = _variants(("int8", "inaccurate"), ("fp32", "nan"))
+    done = _push_and_wait(bench, bench.envelope(data, 2, variants=vs), data, "job-v2")
+    assert done["state"] == "rejected" and done["reason"].startswith("no variant passes: int8 refused"), done
+    _serving_continuously(bench, device)
+    assert device.engine.model.version == 1 and device.engine.swaps == 0
+

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -15,11 +15,14 @@ import pytest
 from tests.helpers.broker import Broker
 from tests.helpers.ota import model_bytes
 from tests.helpers.ota_device import Bench, Device
+from tools.ota.package import bundle
 
 pytestmark = pytest.mark.integration
 
 
-def test_test_window_rolls_back_a_model_that_misses_deadlines_live(tmp_path: Path, broker: Broker) -> None:
+@pytest.mark.parametrize("multi", [False, True], ids=["one-file", "multi-variant"])
+def test_test_window_rolls_back_a_model_that_misses_deadlines_live(tmp_path: Path, broker: Broker,
+                                                                    multi: bool) -> None:
     blanks = tmp_path / "blanks.npz"  # what this device's sensor shows: no digit at all
     np.savez(blanks, images=np.zeros((20, 28, 28), np.uint8), labels=np.zeros(20, np.uint8))
     bench = Bench(tmp_path, broker, source={"path": str(blanks), "rate_hz": 50.0},
@@ -28,7 +31,11 @@ def test_test_window_rolls_back_a_model_that_misses_deadlines_live(tmp_path: Pat
     try:
         bench.wait_state(None, ("idle",), 20)
         sneaky = model_bytes("slow_on_blank", tag=2)  # fast and accurate on the golden digits
-        p = bench.push(bench.envelope(sneaky, 2, max_p99_ms=5.0), sneaky)
+        spec: dict[str, Any] = {}
+        if multi:  # both variants pass the gate; whichever serves misses its deadlines live
+            variants = [("int8", sneaky), ("fp32", model_bytes("slow_on_blank", tag=3))]
+            sneaky, spec = bundle(variants), {"variants": variants}
+        p = bench.push(bench.envelope(sneaky, 2, max_p99_ms=5.0, **spec), sneaky)
         done = bench.wait_state("job-v2", timeout=30)
         p.close()
         states = [s["state"] for s in bench.statuses() if s.get("job") == "job-v2"]

@@ -90,3 +90,45 @@ def test_io_must_match_the_manifest_and_the_pipeline(tmp_path: Path) -> None:
     path, m, _ = _package(tmp_path, data, card={"normalisation": {"mean": 0.5, "std": 0.5}})
     with pytest.raises(GateError, match="normalisation"):
         validate(path, m, _policy())
+
+
+def _package_set(tmp: Path, variants: list[tuple[str, bytes]], **spec: Any) -> tuple[Path, Manifest, bytes]:
+    from tools.ota.package import bundle
+    return _package(tmp, bundle(variants), variants=variants, **spec)
+
+
+def test_multi_variant_job_serves_a_passing_variant_never_a_refused_one(tmp_path: Path) -> None:
+    path, m, env = _package_set(tmp_path, [("int8", model_bytes("good", tag=4)),
+                                           ("bad", model_bytes("inaccurate", tag=4)),
+                                           ("fp32", model_bytes("good", tag=5))])
+    assert [v.name for v in m.variants] == ["int8", "bad", "fp32"] and m.size == path.stat().st_size
+    verify_file(path, m, env, KeyRing.of(KEY.public_key()))
+    result = validate(path, m, _policy(time_s=0.01, state_dir=str(tmp_path / "state")))
+    rows = {r.name: r for r in result.choice.rows}
+    assert result.model.variant in ("int8", "fp32") and result.choice.how == "fastest"
+    assert rows["bad"].verdict.startswith("refused: golden accuracy") and not rows["bad"].served
+    assert set(result.files) == {"int8", "bad", "fp32"}
+    assert result.files["fp32"].read_bytes() == model_bytes("good", tag=5)
+    assert result.model.version == 2
+    assert (tmp_path / "state" / "variant-choice.json").exists()  # the next start will not re-measure
+    pinned = validate(path, m, _policy(pin="fp32"))
+    assert (pinned.model.variant, pinned.choice.how) == ("fp32", "pinned")
+    with pytest.raises(GateError, match=r"inference\.variant = 'int4': the model has no such variant"):
+        validate(path, m, _policy(pin="int4"))
+
+
+def test_multi_variant_job_with_no_passing_variant_is_rejected(tmp_path: Path) -> None:
+    path, m, _ = _package_set(tmp_path, [("a", model_bytes("inaccurate", tag=1)), ("b", model_bytes("nan", tag=1))])
+    with pytest.raises(GateError, match=r"no variant passes: a refused: golden accuracy .*; b refused: non-finite"):
+        validate(path, m, _policy())
+
+
+def test_variant_list_not_describing_the_file_is_rejected(tmp_path: Path) -> None:
+    import hashlib
+    a, b = model_bytes("good", tag=1), model_bytes("good", tag=2)
+    wrong = [{"name": "a", "size": len(a), "sha256": hashlib.sha256(b).hexdigest()},
+             {"name": "b", "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}]
+    path, m, env = _package_set(tmp_path, [("a", a), ("b", b)], overrides={"variants": wrong})
+    verify_file(path, m, env, KeyRing.of(KEY.public_key()))  # the whole file is what was signed
+    with pytest.raises(GateError, match="variant a: sha256 mismatch"):
+        validate(path, m, _policy())

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.control.ota.keys import KeyRing, keyid_of, load_keyring, parse_public_key, raw_public
-from agent.control.ota.manifest import Limits, ManifestError, open_envelope, parse_envelope
+from agent.control.ota.manifest import Limits, ManifestError, open_envelope, parse_envelope, parse_manifest
 from tests.helpers.ota import model_bytes, write_pub
 from tools.ota.package import PackageSpec, build_manifest, sign
 
@@ -206,3 +207,65 @@ def test_fuzz_one_field_of_a_valid_manifest(key: str, sub: str | None, value: ob
         doc[key] = value
     with contextlib.suppress(ManifestError):
         open_envelope(sign(json.dumps(doc).encode(), [k]), KeyRing.of(k.public_key()), LIMITS, NOW)
+
+
+def _with_variants(variants: Any, size: int = 300) -> bytes:
+    import json as _json
+    doc = _json.loads(build_manifest(b"x" * size, PackageSpec(job="j", version=2, chunk_size=256,
+                                                               overrides={"requires": _REQ}), "0" * 16))
+    doc["variants"] = variants
+    return _json.dumps(doc).encode()
+
+
+_LIMITS_V = LIMITS
+_REQ = {"onnxruntime": "1.17", "opset": 13, "input": {"name": "input", "shape": [None, 1, 28, 28], "dtype": "float32"},
+        "output": {"name": "probs", "shape": [None, 10], "dtype": "float32"}}
+
+
+def test_variants_are_offsets_into_the_file() -> None:
+    h = "ab" * 32
+    m = parse_manifest(_with_variants([{"name": "int8", "size": 100, "sha256": h},
+                                       {"name": "fp32", "size": 200, "sha256": h}]), _LIMITS_V)
+    assert [(v.name, v.offset, v.size) for v in m.variants] == [("int8", 0, 100), ("fp32", 100, 200)]
+    assert parse_manifest(_with_variants([{"name": "a", "size": 300, "sha256": h}]), _LIMITS_V).variants[0].size == 300
+
+
+@pytest.mark.parametrize(("variants", "needle"), [
+    ([], r"variants must list 1 to 8"),
+    ([{"name": "a", "size": 100, "sha256": "ab" * 32}], r"add up to 100 bytes, file\.size is 300"),
+    ([{"name": "a", "size": 150, "sha256": "ab" * 32}, {"name": "a", "size": 150, "sha256": "ab" * 32}],
+     r"variants\[1\]\.name 'a' appears twice"),
+    ([{"name": "a", "size": 300, "sha256": "AB" * 32}], r"variants\[0\]\.sha256=.* is malformed"),
+    ([{"name": "a/b", "size": 300, "sha256": "ab" * 32}], r"variants\[0\]\.name=.* is malformed"),
+    ([{"name": "a", "size": 0, "sha256": "ab" * 32}], r"variants\[0\]\.size=0 outside"),
+    (["a"], r"variants\[0\] must be an object"),
+    ([{"name": str(i), "size": 30, "sha256": "ab" * 32} for i in range(10)], r"variants has 10 items > 8"),
+])
+def test_bad_variant_lists_are_refused_naming_the_field(variants: Any, needle: str) -> None:
+    with pytest.raises(ManifestError, match=needle):
+        parse_manifest(_with_variants(variants), _LIMITS_V)
+
+
+def test_package_reads_a_variant_card_as_one_bundle(tmp_path: Path) -> None:
+    import hashlib
+
+    from tools.ota.package import bundle, load_payload
+    a, b = model_bytes("good", tag=1), model_bytes("good", tag=2)
+    (tmp_path / "m.int8.onnx").write_bytes(a)
+    (tmp_path / "m.fp32.onnx").write_bytes(b)
+    card = {"version": 3, "variants": [
+        {"name": "int8", "file": "m.int8.onnx", "sha256": hashlib.sha256(a).hexdigest()},
+        {"name": "fp32", "file": "m.fp32.onnx", "sha256": hashlib.sha256(b).hexdigest()}]}
+    (tmp_path / "m.card.json").write_text(json.dumps(card))
+    p = load_payload(tmp_path / "m.card.json")
+    assert p.data == a + b == bundle(p.variants) and [n for n, _ in p.variants] == ["int8", "fp32"]
+    assert p.card == card
+    body = build_manifest(p.data, PackageSpec(job="j", version=3, variants=p.variants), "0" * 16)
+    m = parse_manifest(body, LIMITS)
+    assert [(v.name, v.offset, v.size) for v in m.variants] == [("int8", 0, len(a)), ("fp32", len(a), len(b))]
+    assert load_payload(tmp_path / "m.int8.onnx").data == a  # a bare file: one-file job
+    (tmp_path / "m.fp32.onnx").write_bytes(a)
+    with pytest.raises(ValueError, match=r"variants\[1\] \(fp32\): m\.fp32\.onnx does not match its sha256"):
+        load_payload(tmp_path / "m.card.json")
+    with pytest.raises(ValueError, match="must be bundle"):
+        build_manifest(a, PackageSpec(job="j", version=3, variants=p.variants), "0" * 16)

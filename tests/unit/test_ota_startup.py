@@ -78,3 +78,42 @@ def test_unusable_state_dir_serves_shipped(tmp_path: Path) -> None:
     (tmp_path / "state").write_text("a file where a directory should be")
     path, info = startup_model(_cfg(tmp_path))
     assert path.endswith("shipped.onnx") and "unusable" in info["note"]
+
+
+def _set_slot(store: Store, slot: str, files: dict[str, bytes], version: int, job: str) -> SlotInfo:
+    import json
+    for name, data in files.items():
+        store.variant_path(slot, name).write_bytes(data)
+    store.card_path(slot).write_text(json.dumps({"version": version, "variants": [
+        {"name": n, "file": store.variant_path(slot, n).name} for n in files]}))
+    shas = {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}
+    return SlotInfo(slot, version, job, hashlib.sha256(b"".join(files.values())).hexdigest(), variants=shas)
+
+
+def _one_set(tmp: Path, which: str) -> tuple[Config, Store]:
+    """A state dir whose ``which`` ("committed" in slot a, or "pending" in slot b) is an int8+fp32 set."""
+    cfg = _cfg(tmp)
+    store = Store(cfg.ota.state_dir)
+    state = store.read_state()
+    slot, version = ("a", 2) if which == "committed" else ("b", 3)
+    files = {"int8": f"v{version}-int8".encode(), "fp32": f"v{version}-fp32".encode()}
+    setattr(state, which, _set_slot(store, slot, files, version, f"j{version}"))
+    store.write_state(state)
+    return cfg, store
+
+
+def test_multi_variant_slot_is_served_by_its_card_and_needs_every_variant_intact(tmp_path: Path) -> None:
+    cfg, store = _one_set(tmp_path, "committed")
+    path, info = startup_model(cfg)
+    assert path == str(store.card_path("a")) and info["source"] == "committed"
+    assert store.read_state().committed.holds(hashlib.sha256(b"v2-fp32").hexdigest())  # type: ignore[union-attr]
+    store.variant_path("a", "fp32").write_bytes(b"bit rot")  # one variant rotten: the version is not served
+    path, info = startup_model(cfg)
+    assert path == cfg.inference.model and "corrupt" in info["note"]
+
+
+def test_pending_multi_variant_slot_missing_a_variant_rolls_back(tmp_path: Path) -> None:
+    cfg, store = _one_set(tmp_path, "pending")
+    store.variant_path("b", "int8").unlink()
+    path, _ = startup_model(cfg)
+    assert path == cfg.inference.model and store.read_state().status["state"] == "rolled_back"

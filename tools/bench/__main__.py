@@ -37,7 +37,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: shipped model only, short daemon runs")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--models", type=Path, default=REPO / "models", help="digit_int8.onnx, its card, golden.npz")
-    p.add_argument("--only", choices=("frontier", "e2e"), default=None)
+    p.add_argument("--only", choices=("frontier", "e2e", "variants"), default=None)
     p.add_argument("--runs", type=int, default=None, help="batch-1 inferences per model (default 20000/2000)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the frontier models")
     p.add_argument("--max-steps", type=int, default=0, help="cap training steps (smoke; accuracy meaningless)")
@@ -84,6 +84,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 opts.throughput_s, opts.rate_s, opts.idle_s = 3.0, 3.0, 3.0
                 opts.perframe_rounds, opts.perframe_window_s, opts.perframe_piece_s = 3, 1.5, 0.3
             doc["e2e"] = run_e2e(opts)
+    if args.only in (None, "variants"):  # every variant side by side; does the device serve the fastest?
+        from tools.bench.variants import default_card, measure_variants
+        doc["variants"] = measure_variants(default_card(args.models), args.models / "golden.npz",
+                                           seconds_each=1.0 if args.quick else 3.0)
     doc["load_average_end"] = load_average()
     doc["minutes"] = round((time.monotonic() - t0) / 60, 2)
     doc["targets"] = report.targets(doc)

@@ -136,6 +136,9 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_verdict("RSS drift 100k → 1M frames", round((rss["1000000"] - rss["100000"]) / 2**20, 2), 1,
                             unit="MB"))
     out.append(_verdict("idle CPU", _get(e2e.get("idle"), "cpu_percent"), 0.5, unit="%"))
+    if doc.get("variants"):
+        from tools.bench.variants import variants_target
+        out.append(variants_target(doc["variants"]))
     return out + plumbing_targets(e2e)
 
 
@@ -245,6 +248,9 @@ def write_markdown(doc: dict[str, Any], path: Path, images: dict[str, str]) -> s
         if idle:
             parts.append(f"\nIdle: {idle['cpu_percent']} % CPU over {idle['window_s']} s, "
                          f"RSS {idle['rss_bytes'] / 2**20:.1f} MB.\n")
+    if doc.get("variants"):
+        from tools.bench.variants import variants_table
+        parts += ["\n## Model variants on this CPU\n", variants_table(doc["variants"])]
     parts += ["\n## Targets\n", _table(["target", "measured", "limit", "met"],
                                        [[t["target"], f"{_fmt(t['value'])} {t['unit']}", f"{t['limit']} {t['unit']}",
                                          {True: "yes", False: "**no**", None: "not measured"}[t["met"]]]

@@ -3,6 +3,8 @@
     python -m tools.ota keygen --out ~/.config/digit-agent/ota.key
     python -m tools.ota package --model new.onnx --card new.card.json --key ~/.config/digit-agent/ota.key \\
         --job digits-2025-06-01 --version 7 --out digits-v7.ota.json
+    python -m tools.ota package --model models/digit.card.json --key ... --job j8 --version 8 --out v8.ota.json
+        (a card with "variants": every variant in one signed job; push takes the same --model)
     python -m tools.ota push --envelope digits-v7.ota.json --model new.onnx --device pi-042
     python -m tools.ota push --envelope digits-v7.ota.json --model new.onnx --group kitchen --expect 12
     python -m tools.ota watch --device pi-042
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.control.ota.keys import keyid_of, parse_public_key, raw_public
-from tools.ota.package import PackageSpec, build_manifest, generate_key, load_private_key, sign
+from tools.ota.package import PackageSpec, build_manifest, generate_key, load_payload, load_private_key, sign
 from tools.ota.push import Connection, Pusher, StatusWatch, connect, read_manifest
 
 __all__ = ["main"]
@@ -61,22 +63,23 @@ def _keygen(a: argparse.Namespace) -> int:
 
 
 def _package(a: argparse.Namespace) -> int:
-    model = Path(a.model).read_bytes()
+    payload = load_payload(Path(a.model))
     keys = [load_private_key(Path(k).expanduser()) for k in a.key]
-    card: dict[str, Any] = json.loads(Path(a.card).read_text()) if a.card else {}
+    card: dict[str, Any] = json.loads(Path(a.card).read_text()) if a.card else payload.card
     adds = []
     for p in a.add_key:
         raw = raw_public(parse_public_key(Path(p).read_bytes()))
         adds.append({"keyid": keyid_of(raw), "pub": base64.b64encode(raw).decode()})
     spec = PackageSpec(job=a.job, version=a.version, family=a.family, chunk_size=a.chunk_size,
                        min_accuracy=a.min_accuracy, max_p99_ms=a.max_p99_ms, ttl_s=int(a.ttl_h * 3600),
-                       card=card, keys_add=adds, keys_revoke=list(a.revoke_key))
-    body = build_manifest(model, spec, keyid_of(raw_public(keys[0].public_key())))
+                       card=card, keys_add=adds, keys_revoke=list(a.revoke_key), variants=payload.variants)
+    body = build_manifest(payload.data, spec, keyid_of(raw_public(keys[0].public_key())))
     env = sign(body, keys)
     Path(a.out).write_bytes(env)
     m = read_manifest(env)
     expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m.expires))
-    print(f"{a.out}: job {m.job} version {m.version}, {m.size} bytes in {m.chunk_count} chunks of "
+    names = f" (variants {', '.join(v.name for v in m.variants)})" if m.variants else ""
+    print(f"{a.out}: job {m.job} version {m.version}{names}, {m.size} bytes in {m.chunk_count} chunks of "
           f"{m.chunk_size}, signed by {len(keys)} key(s), expires {expires} UTC")
     return 0
 
@@ -88,8 +91,10 @@ def _conn(a: argparse.Namespace) -> Connection:
 
 def _push(a: argparse.Namespace) -> int:
     env = Path(a.envelope).read_bytes()
-    model = Path(a.model).read_bytes()
+    model = load_payload(Path(a.model)).data
     m = read_manifest(env)
+    if len(model) != m.size:
+        raise ValueError(f"{a.model} is {len(model)} bytes; the envelope announces {m.size}: not its model")
     lock = threading.Lock()
 
     def show(device: str, doc: dict[str, Any]) -> None:
@@ -159,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--force", action="store_true", help="allow a path inside the repository")
     k.set_defaults(func=_keygen)
     pk = sub.add_parser("package", help="sign a model into an OTA envelope")
-    pk.add_argument("--model", required=True)
+    pk.add_argument("--model", required=True, help="an ONNX file, or a model card listing variants")
     pk.add_argument("--key", action="append", required=True, help="private key (repeat to co-sign)")
     pk.add_argument("--job", required=True, help="unique job id ([A-Za-z0-9_.-], <= 64)")
     pk.add_argument("--version", type=int, required=True, help="model version, > the committed one")

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.control.ota.keys import keyid_of, raw_public
 from agent.control.ota.manifest import FORMAT, Signature, encode_envelope
 
-__all__ = ["PackageSpec", "build_manifest", "generate_key", "load_private_key", "model_io", "sign"]
+__all__ = ["PackageSpec", "Payload", "build_manifest", "bundle", "generate_key", "load_payload", "load_private_key",
+           "model_io", "sign"]
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
                "tensor(int8)": "int8"}
@@ -90,6 +91,38 @@ class PackageSpec:
     keys_revoke: list[str] = field(default_factory=list)
     created: Optional[int] = None
     overrides: dict[str, Any] = field(default_factory=dict)  # tests: replace any top-level field
+    variants: list[tuple[str, bytes]] = field(default_factory=list)  # (name, model bytes); empty = one file
+
+
+def bundle(variants: list[tuple[str, bytes]]) -> bytes:
+    """What a multi-variant job transfers: the variants' bytes back to back, in the manifest's order."""
+    return b"".join(data for _, data in variants)
+
+
+@dataclass
+class Payload:
+    """What ``--model`` names: one ``.onnx`` file, or a model card whose ``variants`` list the files."""
+
+    data: bytes  # the bytes transferred (one model, or the variants' bundle)
+    variants: list[tuple[str, bytes]]  # empty for one file
+    card: dict[str, Any]
+
+
+def load_payload(path: Path) -> Payload:
+    """Read ``--model``: a card (``.json``) with ``variants`` (files beside it, sha256-checked) or an ONNX file."""
+    if path.suffix != ".json":
+        return Payload(path.read_bytes(), [], {})
+    card = json.loads(path.read_text(encoding="utf-8"))
+    entries = card.get("variants") if isinstance(card, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: a model card given as --model must list its variants")
+    variants = []
+    for i, e in enumerate(entries):
+        data = (path.parent / str(e.get("file"))).read_bytes()
+        if e.get("sha256") and hashlib.sha256(data).hexdigest() != e["sha256"]:
+            raise ValueError(f"{path}: variants[{i}] ({e.get('name')}): {e.get('file')} does not match its sha256")
+        variants.append((str(e.get("name")), data))
+    return Payload(bundle(variants), variants, card)
 
 
 def build_manifest(model: bytes, spec: PackageSpec, keyid: str) -> bytes:
@@ -97,8 +130,10 @@ def build_manifest(model: bytes, spec: PackageSpec, keyid: str) -> bytes:
     inp: dict[str, Any] = {}
     out: dict[str, Any] = {}
     opset = 0
+    if spec.variants and model != bundle(spec.variants):
+        raise ValueError("model must be bundle(spec.variants) for a multi-variant job")
     if "requires" not in spec.overrides:  # (tests replace it for a model onnxruntime cannot open)
-        inp, out, opset = model_io(model)
+        inp, out, opset = model_io(spec.variants[0][1] if spec.variants else model)
     created = int(time.time()) if spec.created is None else spec.created
     chunks = [hashlib.sha256(model[i:i + spec.chunk_size]).hexdigest()
               for i in range(0, len(model), spec.chunk_size)]
@@ -112,6 +147,9 @@ def build_manifest(model: bytes, spec: PackageSpec, keyid: str) -> bytes:
         "created": created, "expires": created + spec.ttl_s, "keyid": keyid,
         "card": {**spec.card, "version": spec.version},
     }
+    if spec.variants:
+        doc["variants"] = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                           for n, d in spec.variants]
     if spec.keys_add:
         doc["keys_add"] = spec.keys_add
     if spec.keys_revoke:

@@ -18,13 +18,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config.schema import Config
-from agent.control.ota.gate import GateError, GatePolicy, validate, verify_file
+from agent.control.ota.gate import GateError, GatePolicy, GateResult, validate, verify_file
 from agent.control.ota.keys import keyid_of, load_keyring, save_rotation
 from agent.control.ota.manifest import Limits, Manifest, ManifestError, parse_envelope, parse_manifest
 from agent.control.ota.startup import status_doc
 from agent.control.ota.store import SlotInfo, Store
 from agent.inference import Engine, LoadedModel, ModelError, load_golden
-from agent.inference.model import read_card
+from agent.inference.serving import load_preferred
+from agent.inference.variants import read_model_set
 from agent.preprocess import Preprocessor
 
 __all__ = ["Activation", "Outcome"]
@@ -73,29 +74,34 @@ class Activation:
         try:
             verify_file(part, m, envelope, keys)
             self._enter("validating", m, note)
-            result = validate(part, m, self._policy())
+            result = validate(part, m, self._policy(), stop=self._stop)
         except GateError as exc:
             return self._end("rejected", m, str(exc), remember=True)
         except (ModelError, OSError) as exc:  # golden set unreadable: a device problem, not the model's
             return self._end("failed", m, f"cannot validate: {exc}")
-        _log.info("OTA job %s passed the gate: %s", m.job, result.golden.summary())
-        return self._activate(m, envelope, part, result.model, note)
+        _log.info("OTA job %s passed the gate: %s\n%s", m.job, result.golden.summary(), result.choice.table())
+        return self._activate(m, envelope, part, result, note)
 
     def _policy(self) -> GatePolicy:
         golden = load_golden(self._cfg.inference.golden)
         card = self._engine.model.card
         side = max(golden.images.shape[1:])
         pre = Preprocessor.from_card(card, side) if "normalisation" in card else Preprocessor(side)
-        return GatePolicy(self._cfg.ota.min_accuracy, self._cfg.inference.deadline_ms,
-                          self._engine.model.batch_max, golden, pre, card.get("normalisation"))
+        i = self._cfg.inference
+        return GatePolicy(self._cfg.ota.min_accuracy, i.deadline_ms, self._engine.model.batch_max, golden, pre,
+                          card.get("normalisation"), i.variant, i.variant_time_s, self._cfg.ota.state_dir)
 
-    def _activate(self, m: Manifest, envelope: bytes, part: Path, model: LoadedModel, note: str) -> Outcome:
+    def _activate(self, m: Manifest, envelope: bytes, part: Path, result: GateResult, note: str) -> Outcome:
         self._enter("activating", m, note)
+        model = result.model
         state = self._store.read_state()
         slot = self._store.free_slot(state)
         try:
-            self._store.install(slot, part, {**model.card, "version": m.version}, envelope)
-            state.pending = SlotInfo(slot, m.version, m.job, m.sha256, attempts=1)
+            if m.variants:
+                self._store.install_set(slot, result.files, _slot_card(m, slot), envelope)
+            else:
+                self._store.install(slot, part, {**m.card, "version": m.version}, envelope)
+            state.pending = _slot_info(slot, m, attempts=1)
             self._store.write_state(state)
         except OSError as exc:
             return self._end("failed", m, f"installing into slot {slot} failed: {exc}")
@@ -151,7 +157,7 @@ class Activation:
     def _commit(self, t: _Test, n: int) -> None:
         changes = self._rotate_keys(t)
         state = self._store.read_state()
-        state.committed = SlotInfo(t.slot, t.m.version, t.m.job, t.m.sha256)
+        state.committed = _slot_info(t.slot, t.m)
         state.pending = None
         self._test = None
         reason = f"served {n} inferences in the {self._cfg.ota.test_window_s:g} s test window"
@@ -225,7 +231,7 @@ class Activation:
         p = state.pending
         if p is None:
             return state.status or None
-        if self._engine.model.sha256 != p.sha256:
+        if not p.holds(self._engine.model.sha256):
             doc = status_doc("rolled_back", p.job, p.version, "the pending model did not pass the start-up "
                              "self-test; serving the previous one", 1.0)
             state.pending, state.status = None, doc
@@ -247,13 +253,28 @@ class Activation:
 
     def _load_previous(self, committed: Optional[SlotInfo]) -> Optional[LoadedModel]:
         """What a rollback returns to: the committed slot, else the shipped model."""
-        path = self._store.slot_path(committed.slot) if committed else Path(self._cfg.inference.model)
+        path = self._store.model_path(committed) if committed else Path(self._cfg.inference.model)
         card_file = "" if committed else self._cfg.inference.model_card
         try:
-            return LoadedModel.load(path, self._engine.model.batch_max, read_card(path, card_file))
+            return load_preferred(read_model_set(path, card_file), self._engine.model.batch_max,
+                                  self._cfg.inference.variant, self._cfg.ota.state_dir)
         except ModelError as exc:
             _log.error("OTA: cannot preload the rollback model %s: %s", path, exc)
             return None
+
+
+def _slot_info(slot: str, m: Manifest, attempts: int = 0) -> SlotInfo:
+    return SlotInfo(slot, m.version, m.job, m.sha256, attempts, {v.name: v.sha256 for v in m.variants})
+
+
+def _slot_card(m: Manifest, slot: str) -> dict[str, Any]:
+    """The card of an installed multi-variant version: the manifest's, its variants' files renamed."""
+    meta = {e.get("name"): e for e in m.card.get("variants", []) if isinstance(e, dict)}
+    variants = [{**meta.get(v.name, {}), "name": v.name, "file": f"{slot}.{v.name}.onnx", "sha256": v.sha256,
+                 "size_bytes": v.size} for v in m.variants]
+    first = variants[0]
+    return {**m.card, "version": m.version, "file": first["file"], "sha256": first["sha256"],
+            "size_bytes": first["size_bytes"], "variants": variants}
 
 
 def _verifies(pub: Ed25519PublicKey, sig: bytes, body: bytes) -> bool:

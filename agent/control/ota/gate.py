@@ -7,12 +7,14 @@ itself costs the inference thread one pointer exchange.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -20,10 +22,13 @@ import onnxruntime as ort
 from agent.control.ota.keys import KeyRing
 from agent.control.ota.manifest import Manifest, ManifestError, TensorSpec, parse_envelope, verify_signatures
 from agent.control.ota.store import file_sha256
-from agent.inference import GoldenResult, GoldenSet, LoadedModel, ModelError, evaluate_golden
+from agent.inference import GoldenResult, GoldenSet, LoadedModel, evaluate_golden
+from agent.inference.choice import AUTO, Choice, NoVariant, Refused
+from agent.inference.serving import Judge, choose_variant, timing_frame
+from agent.inference.variants import ModelSet, Variant, variant_card, variant_name
 from agent.preprocess import Preprocessor
 
-__all__ = ["GateError", "GatePolicy", "GateResult", "validate", "verify_file"]
+__all__ = ["GateError", "GatePolicy", "GateResult", "split_variants", "validate", "verify_file"]
 
 _log = logging.getLogger(__name__)
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)",
@@ -44,12 +49,17 @@ class GatePolicy:
     golden: GoldenSet
     pre: Preprocessor  # the pipeline's preprocessing: the new model is judged on what it will see
     normalisation: Optional[object] = None  # the serving card's; the pipeline cannot change it live
+    pin: str = AUTO  # inference.variant
+    time_s: float = 1.0  # inference.variant_time_s
+    state_dir: str = ""  # where the variant choice is cached ("" = not cached)
 
 
 @dataclass(frozen=True)
 class GateResult:
-    model: LoadedModel
-    golden: GoldenResult
+    model: LoadedModel  # the variant chosen to serve
+    golden: GoldenResult  # its golden-set result
+    choice: Choice  # every variant's verdict and timing
+    files: dict[str, Path]  # a multi-variant job's files, by variant name ({} for one file)
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -82,13 +92,70 @@ def verify_file(path: Path, m: Manifest, envelope: bytes, keys: KeyRing) -> None
         raise GateError(f"needs onnxruntime >= {m.min_onnxruntime}, device has {ort.__version__}")
 
 
-def validate(path: Path, m: Manifest, policy: GatePolicy, card: Optional[dict[str, object]] = None) -> GateResult:
-    """The "validating" step: ORT load (CPU), I/O signature, finite outputs, accuracy, p99 latency.
+def split_variants(path: Path, m: Manifest) -> dict[str, Path]:
+    """A multi-variant download cut into one file per variant beside it (each checked against its
+    sha256 in the signed manifest); ``{}`` for a one-file job. Call :func:`verify_file` first."""
+    out: dict[str, Path] = {}
+    if not m.variants:
+        return out
+    with open(path, "rb") as f:
+        for v in m.variants:
+            f.seek(v.offset)
+            data = f.read(v.size)
+            if len(data) != v.size or hashlib.sha256(data).hexdigest() != v.sha256:
+                raise GateError(f"variant {v.name}: sha256 mismatch (the manifest's variant list does not "
+                                f"describe its file)")
+            dest = path.with_name(f"{path.stem}.v-{v.name}.onnx")
+            dest.write_bytes(data)
+            out[v.name] = dest
+    return out
+
+
+def _model_set(path: Path, m: Manifest, files: dict[str, Path], card: dict[str, Any]) -> ModelSet:
+    if not files:
+        one: dict[str, Any] = {"name": variant_name(card, path), "file": path.name}
+        return ModelSet(path, card, (Variant(one["name"], path, m.sha256, variant_card(card, one)),))
+    meta = {e.get("name"): e for e in card.get("variants", []) if isinstance(e, dict)}
+    variants = []
+    for v in m.variants:
+        entry: dict[str, Any] = {**meta.get(v.name, {}), "name": v.name, "file": files[v.name].name, "sha256": v.sha256,
+                 "size_bytes": v.size}
+        variants.append(Variant(v.name, files[v.name], v.sha256, variant_card(card, entry)))
+    return ModelSet(path, card, tuple(variants))
+
+
+def _judge(m: Manifest, policy: GatePolicy, results: dict[int, GoldenResult]) -> Judge:
+    def judge(model: LoadedModel) -> GoldenResult:
+        try:
+            result = _check(model, m, policy)
+        except GateError as exc:
+            raise Refused(str(exc)) from None
+        results[id(model)] = result
+        return result
+    return judge
+
+
+def validate(path: Path, m: Manifest, policy: GatePolicy, card: Optional[dict[str, Any]] = None,
+             stop: Optional[threading.Event] = None) -> GateResult:
+    """The "validating" step for every variant (ORT load, I/O signature, finite outputs, accuracy, p99
+    latency), then the choice among those that pass: the fastest on this CPU, or the pinned one.
     Call :func:`verify_file` first."""
+    card = dict(card or m.card)
+    files = split_variants(path, m)
+    models = _model_set(path, m, files, card)
+    results: dict[int, GoldenResult] = {}
     try:
-        model = LoadedModel.load(path, policy.batch_max, dict(card or m.card), version=m.version)
-    except ModelError as exc:
-        raise GateError(f"model refused: {str(exc).replace(str(path) + ': ', '')}") from None
+        choice = choose_variant(models, _judge(m, policy, results), timing_frame(policy.golden, policy.pre),
+                                policy.batch_max, policy.pin, policy.time_s, policy.state_dir,
+                                version=m.version, stop=stop)
+    except NoVariant as exc:
+        if len(models.variants) == 1 and exc.reasons:  # one file: its own reason, as before variants
+            raise GateError(next(iter(exc.reasons.values()))) from None
+        raise GateError(str(exc)) from None
+    return GateResult(choice.model, results[id(choice.model)], choice, files)
+
+
+def _check(model: LoadedModel, m: Manifest, policy: GatePolicy) -> GoldenResult:
     _check_io(model, m)
     norm = model.card.get("normalisation")
     if policy.normalisation is not None and norm is not None and norm != policy.normalisation:
@@ -113,7 +180,7 @@ def validate(path: Path, m: Manifest, policy: GatePolicy, card: Optional[dict[st
         _log.warning("OTA gate: wall p99 %.3f ms over %.3f ms but CPU p99 %.3f ms within: the device is "
                      "loaded, not the model slow; the test window will judge it live",
                      result.p99_us / 1000.0, limit_ms, cpu_ms)
-    return GateResult(model, result)
+    return result
 
 
 def _cpu_p99_us(model: LoadedModel, policy: GatePolicy) -> float:

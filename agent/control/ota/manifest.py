@@ -31,6 +31,7 @@ __all__ = [
     "ManifestError",
     "Signature",
     "TensorSpec",
+    "VariantRef",
     "encode_envelope",
     "max_envelope_bytes",
     "open_envelope",
@@ -47,6 +48,8 @@ _VERSION = re.compile(r"^\d{1,4}(\.\d{1,4}){0,3}$")
 _MAX_SIGS = 8
 _MAX_CARD = 16 * 1024
 _MAX_VERSION = 2**53
+_MAX_VARIANTS = 8
+_VARIANT = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
 class ManifestError(ValueError):
@@ -78,6 +81,16 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class VariantRef:
+    """One variant of a multi-variant job: bytes [offset, offset + size) of the transferred file."""
+
+    name: str
+    size: int
+    sha256: str
+    offset: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     job: str
     version: int
@@ -98,6 +111,7 @@ class Manifest:
     card: dict[str, Any] = field(default_factory=dict)
     keys_add: tuple[tuple[str, bytes], ...] = ()  # (keyid, raw 32-byte public key)
     keys_revoke: tuple[str, ...] = ()
+    variants: tuple[VariantRef, ...] = ()  # empty: the file is one model (the format before variants)
 
     @property
     def chunk_count(self) -> int:
@@ -266,6 +280,28 @@ def _keys_add(items: list[Any]) -> tuple[tuple[str, bytes], ...]:
     return tuple(out)
 
 
+def _variants(f: _Fields, size: int, limits: Limits) -> tuple[VariantRef, ...]:
+    """The variants of one version, stored back to back in the transferred file, in this order."""
+    items = f.items("variants", _MAX_VARIANTS)
+    if not items:
+        raise ManifestError(f"invalid manifest: variants must list 1 to {_MAX_VARIANTS} variants")
+    out: list[VariantRef] = []
+    offset = 0
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ManifestError(f"invalid manifest: variants[{i}] must be an object")
+        v = _Fields(item, f"variants[{i}].")
+        name = v.text("name", _VARIANT)
+        if any(r.name == name for r in out):
+            raise ManifestError(f"invalid manifest: variants[{i}].name {name!r} appears twice")
+        n = v.integer("size", 1, limits.max_model_bytes)
+        out.append(VariantRef(name, n, v.text("sha256", _HEX64), offset))
+        offset += n
+    if offset != size:
+        raise ManifestError(f"invalid manifest: the variants add up to {offset} bytes, file.size is {size}")
+    return tuple(out)
+
+
 def parse_manifest(body: bytes, limits: Limits) -> Manifest:
     """Validate the (already verified) manifest bytes against the schema and the device's limits."""
     f = _Fields(_json_object(body, "manifest"))
@@ -289,6 +325,7 @@ def parse_manifest(body: bytes, limits: Limits) -> Manifest:
     revoke = f.items("keys_revoke", 16, [])
     if not all(isinstance(k, str) and _KEYID.match(k) for k in revoke):
         raise ManifestError("invalid manifest: keys_revoke items must be key ids")
+    variants = _variants(f, size, limits) if "variants" in f._obj else ()
     created, expires = f.integer("created", 0, _MAX_VERSION), f.integer("expires", 0, _MAX_VERSION)
     if expires <= created:
         raise ManifestError("invalid manifest: expires must be after created")
@@ -300,4 +337,4 @@ def parse_manifest(body: bytes, limits: Limits) -> Manifest:
         min_accuracy=gate.number("min_accuracy", 0.0, 1.0),
         max_p99_ms=gate.number("max_p99_ms", 0.001, 60_000.0),
         created=created, expires=expires, keyid=f.text("keyid", _KEYID), card=card,
-        keys_add=_keys_add(f.items("keys_add", 4, [])), keys_revoke=tuple(revoke))
+        keys_add=_keys_add(f.items("keys_add", 4, [])), keys_revoke=tuple(revoke), variants=variants)

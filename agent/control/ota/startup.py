@@ -12,7 +12,7 @@ import time
 from typing import Any, Optional
 
 from agent.config.schema import Config
-from agent.control.ota.store import OtaState, SlotInfo, Store, file_sha256
+from agent.control.ota.store import OtaState, Store
 
 __all__ = ["STATES", "TERMINAL", "ModelChoice", "startup_model", "status_doc"]
 
@@ -32,14 +32,6 @@ def status_doc(state: str, job: Optional[str] = None, version: Optional[int] = N
             "progress": round(min(max(progress, 0.0), 1.0), 4), "ts": round(time.time(), 3), **extra}
 
 
-def _intact(store: Store, info: SlotInfo) -> bool:
-    path = store.slot_path(info.slot)
-    try:
-        return path.is_file() and file_sha256(path) == info.sha256
-    except OSError:
-        return False
-
-
 def _roll_back_pending(store: Store, state: OtaState, reason: str) -> None:
     assert state.pending is not None
     p = state.pending
@@ -57,19 +49,19 @@ def _choose(cfg: Config, store: Store) -> ModelChoice:
         if p.attempts >= cfg.ota.max_attempts:
             _roll_back_pending(store, state, f"restarted {p.attempts} time(s) while version {p.version} "
                                              f"was on test (max_attempts {cfg.ota.max_attempts})")
-        elif not _intact(store, p):
+        elif not store.intact(p):
             _roll_back_pending(store, state, f"slot {p.slot} of version {p.version} is missing or corrupt")
         else:
             p.attempts += 1
             store.write_state(state)  # counted before loading: a crash while loading counts too
             _log.warning("OTA: version %d still on test (start %d of %d)", p.version, p.attempts,
                          cfg.ota.max_attempts)
-            return str(store.slot_path(p.slot)), {"source": "pending", "version": p.version, "slot": p.slot,
+            return str(store.model_path(p)), {"source": "pending", "version": p.version, "slot": p.slot,
                                                   "attempt": p.attempts}
     c = state.committed
     if c is not None:
-        if _intact(store, c):
-            return str(store.slot_path(c.slot)), {"source": "committed", "version": c.version, "slot": c.slot}
+        if store.intact(c):
+            return str(store.model_path(c)), {"source": "committed", "version": c.version, "slot": c.slot}
         _log.error("OTA: committed slot %s (version %d) is missing or corrupt; serving the shipped model",
                    c.slot, c.version)
         return cfg.inference.model, {"source": "shipped", "note": f"committed slot {c.slot} corrupt"}

@@ -4,7 +4,8 @@ Layout::
 
     state.json            committed/pending slot, seen jobs, last status (atomic rewrite)
     keys.json             key rotations (see keys.py)
-    slots/a.onnx, a.card.json, a.env (its signed envelope), and the same for b
+    slots/a.onnx, a.card.json, a.env (its signed envelope), and the same for b;
+    a multi-variant version: slots/a.<variant>.onnx for each, listed by a.card.json
     download/<job>.env    the signed envelope (so a restart resumes without the operator)
     download/<job>.part   model bytes, written in place at index * chunk_size
     download/<job>.bits   received-chunk bitmap, rewritten only after the part file is fsynced
@@ -78,6 +79,11 @@ class SlotInfo:
     job: str
     sha256: str
     attempts: int = 0
+    variants: dict[str, str] = field(default_factory=dict)  # name -> sha256; empty: one file (<slot>.onnx)
+
+    def holds(self, sha256: str) -> bool:
+        """Whether a model with this sha256 is (one variant of) this slot's version."""
+        return sha256 == self.sha256 or sha256 in self.variants.values()
 
 
 @dataclass
@@ -143,6 +149,22 @@ class Store:
     def card_path(self, slot: str) -> Path:
         return self.slots / f"{slot}.card.json"
 
+    def variant_path(self, slot: str, name: str) -> Path:
+        return self.slots / f"{slot}.{name}.onnx"
+
+    def model_path(self, info: SlotInfo) -> Path:
+        """What the daemon loads for this slot: its card (listing the variants) or its one model file."""
+        return self.card_path(info.slot) if info.variants else self.slot_path(info.slot)
+
+    def intact(self, info: SlotInfo) -> bool:
+        """Every file of the slot is there with the sha256 recorded when it was installed."""
+        files = ({self.variant_path(info.slot, n): sha for n, sha in info.variants.items()} if info.variants
+                 else {self.slot_path(info.slot): info.sha256})
+        try:
+            return all(p.is_file() and file_sha256(p) == sha for p, sha in files.items())
+        except OSError:
+            return False
+
     def free_slot(self, state: OtaState) -> str:
         """The slot not holding the committed model (the one an update may overwrite)."""
         used = state.committed.slot if state.committed else None
@@ -157,6 +179,17 @@ class Store:
         atomic_write(self.card_path(slot), json.dumps(card, indent=1).encode("utf-8"))
         atomic_write(self.envelope_path(slot), envelope)
         atomic_write(self.slot_path(slot), model.read_bytes())
+
+    def install_set(self, slot: str, files: dict[str, Path], card: dict[str, Any], envelope: bytes) -> None:
+        """Copy validated variants (name -> file) into ``slot`` as ``<slot>.<name>.onnx``, then the
+        card that lists them (its ``variants[].file`` rewritten to those names) and the envelope.
+        Files of an earlier version in this (free) slot go first."""
+        for old in self.slots.glob(f"{slot}.*.onnx"):
+            old.unlink()
+        for name, path in files.items():
+            atomic_write(self.variant_path(slot, name), path.read_bytes())
+        atomic_write(self.envelope_path(slot), envelope)
+        atomic_write(self.card_path(slot), json.dumps(card, indent=1).encode("utf-8"))
 
     # --- downloads -----------------------------------------------------------------------------
     def download_path(self, job: str, ext: str) -> Path:
