@@ -3,11 +3,14 @@
     python -m tools.ota keygen --out ~/.config/digit-agent/ota.key
     python -m tools.ota package --model new.onnx --card new.card.json --key ~/.config/digit-agent/ota.key \\
         --job digits-2025-06-01 --version 7 --out digits-v7.ota.json
-    python -m tools.ota package --model models/digit.card.json --key ... --job j8 --version 8 --out v8.ota.json
-        (a card with "variants": every variant in one signed job; push takes the same --model)
+    python -m tools.ota package --model new.card.json --key ~/.config/digit-agent/ota.key \\
+        --job digits-v8 --version 8 --out digits-v8.ota.json
     python -m tools.ota push --envelope digits-v7.ota.json --model new.onnx --device pi-042
     python -m tools.ota push --envelope digits-v7.ota.json --model new.onnx --group kitchen --expect 12
     python -m tools.ota watch --device pi-042
+
+--model is an ONNX file, or a model card whose "variants" list the files: every variant of the
+version goes in one signed job (push takes the same --model).
 
 Exit codes: 0 done (committed), 1 a device refused/failed/rolled back or time ran out, 2 usage.
 """
