@@ -155,7 +155,7 @@ def test_pi_estimate_separates_fixed_cost_from_mac_work() -> None:
 
 def test_variants_side_by_side_report_served_over_fastest(tmp_path: Path) -> None:
     from tests.helpers.models import make_model, make_variant_set
-    from tools.bench.variants import measure_variants, variants_table, variants_target
+    from tools.bench.variants import measure_variants, served_variant, variants_table, variants_target
 
     card = make_variant_set(tmp_path / "set", extra={"tiny": make_model(tmp_path / "tiny.onnx")})
     doc = measure_variants(card, seconds_each=0.05, choice_seconds=0.02)
@@ -169,3 +169,7 @@ def test_variants_side_by_side_report_served_over_fastest(tmp_path: Path) -> Non
     assert variants_target(doc)["met"] in (True, False)
     table = variants_table(doc)
     assert all(f"| {n} |" in table for n in rows) and "served ÷ fastest" in table
+    name, path = served_variant(card, seconds_each=0.02)  # what other benches run as "the served model"
+    assert name in ("int8", "fp32") and path == card.parent / f"digit.{name}.onnx"
+    single = REPO / "models" / "digit_int8.onnx"
+    assert served_variant(single) == ("int8", single)

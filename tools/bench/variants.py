@@ -8,7 +8,8 @@ daemon's own session options and io-binding (:func:`agent.inference.timing.time_
 the device's own choice runs separately (:func:`agent.inference.serving.choose_variant`, no cache,
 the configured default timing), and *served ÷ fastest* is the served variant's p50 over the lowest
 p50 of this run — goal 1.00: the device picks what is fastest here. Used by ``make bench``
-(:func:`measure_variants`, :func:`variants_table`, :func:`variants_target`).
+(:func:`measure_variants`, :func:`variants_table`, :func:`variants_target`); other benchmarks that
+need "the model the daemon serves here" as one file call :func:`served_variant`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.inference import LoadedModel, evaluate_golden, load_golden
-from agent.inference.choice import Refused
-from agent.inference.golden import GoldenResult
+from agent.inference.choice import Choice, Refused
+from agent.inference.golden import GoldenResult, GoldenSet
 from agent.inference.serving import choose_variant, timing_frame
 from agent.inference.timing import cpu_identity, time_models
-from agent.inference.variants import read_model_set
+from agent.inference.variants import ModelSet, read_model_set
 from agent.preprocess import Preprocessor
 from tools.bench.machine import machine_info
 
-__all__ = ["SERVED_OVER_FASTEST_LIMIT", "default_card", "measure_variants", "variants_table", "variants_target"]
+__all__ = ["SERVED_OVER_FASTEST_LIMIT", "default_card", "measure_variants", "served_variant", "variants_table",
+           "variants_target"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,30 @@ def default_card(models: Path) -> Path:
         if (models / name).exists():
             return models / name
     return models / "digit_int8.onnx"
+
+
+def _device_choice(models: ModelSet, golden: GoldenSet, pre: Preprocessor, floor: float, seconds_each: float) -> Choice:
+    """What the daemon's start-up does (self-test floor, interleaved timing), without its cache."""
+    def judge(m: LoadedModel) -> GoldenResult:
+        r = evaluate_golden(m, golden, pre)
+        if not r.finite or r.accuracy < floor:
+            raise Refused(f"golden accuracy {r.accuracy:.4f} < {floor}", r.accuracy)
+        return r
+
+    return choose_variant(models, judge, timing_frame(golden, pre), 1, seconds_each=seconds_each)
+
+
+def served_variant(card: Path, golden_path: Optional[Path] = None, seconds_each: float = 1.0,
+                   floor: float = 0.97) -> tuple[str, Path]:
+    """``(name, file)`` of the variant the device's own choice serves on this host (gated and timed
+    now, not cached): for benchmarks that run one model file outside the daemon and compare it with
+    what the daemon serves. A single-file model is its own answer."""
+    models = read_model_set(card)
+    if len(models.variants) == 1:
+        return models.variants[0].name, models.variants[0].path
+    golden = load_golden(golden_path or card.parent / "golden.npz")
+    choice = _device_choice(models, golden, Preprocessor.from_card(models.card, 64), floor, seconds_each)
+    return choice.model.variant, choice.model.path
 
 
 def measure_variants(card: Path, golden_path: Optional[Path] = None, seconds_each: float = 3.0,
@@ -70,14 +96,8 @@ def measure_variants(card: Path, golden_path: Optional[Path] = None, seconds_eac
         r.update(p50_us=round(t.p50_us, 2), p99_us=round(t.p99_us, 2), p999_us=round(t.percentile_us(99.9), 2),
                  cpu_us=round(t.cpu_us, 2), runs=t.runs)
 
-    def judge(m: LoadedModel) -> GoldenResult:
-        r = evaluate_golden(m, golden, pre)
-        if not r.finite or r.accuracy < floor:
-            raise Refused(f"golden accuracy {r.accuracy:.4f} < {floor}", r.accuracy)
-        return r
-
     t0 = time.monotonic()
-    choice = choose_variant(models, judge, frame, 1, seconds_each=choice_seconds)
+    choice = _device_choice(models, golden, pre, floor, choice_seconds)
     choice_s = time.monotonic() - t0
     passing = [r for r in rows if r["passes"]]
     fastest = min(passing, key=lambda r: r["p50_us"]) if passing else None
