@@ -9,8 +9,10 @@ existing int8 file into that twin without the training run that produced it.
 Rewrites: ``QLinearConv`` → ``Conv`` with weights ``(w - w_zp) * w_scale`` and bias
 ``b * x_scale * w_scale``, followed by ``Relu`` when the quantised output clamps at zero (output
 zero-point = the type's minimum, which is how the quantiser folds a ReLU); ``QuantizeLinear`` /
-``DequantizeLinear`` → ``Identity``; ``com.microsoft:QLinearGlobalAveragePool`` →
-``GlobalAveragePool``. Other nodes are kept (they work on either type). The twin differs from the
+``DequantizeLinear`` → ``Identity`` (``Relu`` for a ``QuantizeLinear`` whose zero-point is the type's
+minimum: it clamps at zero); ``com.microsoft:QLinearGlobalAveragePool`` →
+``GlobalAveragePool``; a QDQ graph's constant (weight) ``DequantizeLinear`` is folded into a float
+constant. Other nodes are kept (they work on either type). The twin differs from the
 int8 file only by the int8 rounding of activations, so they agree on nearly every frame.
 """
 
@@ -46,17 +48,27 @@ def dequantize(model_bytes: bytes) -> bytes:
     for n in g.node:
         ins, outs = list(n.input), list(n.output)
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.domain in ("", "ai.onnx"):
-            if ins[0] in inits:  # a constant dequantised in the graph: fold it into a float constant
+            if ins[0] in inits:  # a constant dequantised in the graph (QDQ weights): fold it
+                q = inits[ins[0]].astype(np.float32)
                 scale, zp = arr(ins[1]), arr(ins[2]) if len(ins) > 2 and ins[2] else np.zeros((), np.int8)
-                new_inits[outs[0]] = ((inits[ins[0]].astype(np.float32) - zp) * scale).astype(np.float32)
+                if scale.size > 1:  # per-channel along ``axis`` (default 1)
+                    axis = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "axis"), 1)
+                    shape = [1] * q.ndim
+                    shape[axis] = -1
+                    scale, zp = scale.reshape(shape), zp.reshape(shape)
+                new_inits[outs[0]] = ((q - zp) * scale).astype(np.float32)
                 continue
-            nodes.append(helper.make_node("Identity", [ins[0]], outs, name=n.name))
+            # An activation quantised with zero-point = the type's minimum is clamped at 0: that is
+            # how the quantiser folds a ReLU (QDQ), so the float graph needs the ReLU back.
+            zp_in = inits.get(ins[2]) if n.op_type == "QuantizeLinear" and len(ins) > 2 and ins[2] else None
+            clamps = zp_in is not None and int(zp_in.reshape(-1)[0]) == _QMIN.get(zp_in.dtype)
+            nodes.append(helper.make_node("Relu" if clamps else "Identity", [ins[0]], outs, name=n.name))
         elif n.op_type == "QLinearConv":
             x_scale, w, w_scale, w_zp = arr(ins[1]), arr(ins[3]), arr(ins[4]), arr(ins[5])
             y_zp = arr(ins[7])
-            shape = (-1,) + (1,) * (w.ndim - 1)
-            wf = (w.astype(np.float32) - np.reshape(w_zp, shape if w_zp.size > 1 else ())) \
-                * np.reshape(w_scale, shape if w_scale.size > 1 else ())
+            wshape = (-1,) + (1,) * (w.ndim - 1)
+            wf = (w.astype(np.float32) - np.reshape(w_zp, wshape if w_zp.size > 1 else ())) \
+                * np.reshape(w_scale, wshape if w_scale.size > 1 else ())
             conv_in = [ins[0], f"{n.name or outs[0]}_wf"]
             new_inits[conv_in[1]] = wf.astype(np.float32)
             if len(ins) > 8 and ins[8]:
