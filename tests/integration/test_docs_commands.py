@@ -56,6 +56,8 @@ NEEDS_DEVICE = {
 DEVICE_ARGS = {"/dev/video0": "a USB camera"}
 # Read-only or cheap commands that are really run (others are dry-run).
 RUN_HERE = {("digit-agent", "check-config"), ("digit-agent", "selftest"), ("digit-agent", "version")}
+# Options whose value the command writes (not checked to exist in the repository).
+OUTPUT_OPTIONS = {"--out", "-o", "--work", "--state", "--docs"}
 # Device paths → the shipped file they are installed from (tools/install.sh).
 DEVICE_PATHS = {"/etc/digit-agent/config.toml": "systemd/config.example.toml",
                 "/opt/digit-agent/venv/bin/digit-agent": "digit-agent"}
@@ -194,7 +196,10 @@ def _run(argv: list[str], cmd: Command, timeout: float = 120) -> subprocess.Comp
 
 def _check_repo_paths(cmd: Command) -> None:
     tops = {p.name for p in REPO.iterdir() if not p.name.startswith(".")}
+    outputs = {cmd.argv[i + 1] for i, a in enumerate(cmd.argv[:-1]) if a in OUTPUT_OPTIONS}
     for word in cmd.argv:
+        if word in outputs:
+            continue  # written by the command: need not exist before
         if "/" in word and word.split("/", 1)[0] in tops and not any(c in word for c in "*?<>"):
             assert (REPO / word).exists(), f"{cmd}: {word} is not in the repository"
 
