@@ -130,3 +130,14 @@ def test_mqtt5_is_refused_with_a_clear_return_code(port: int) -> None:
         body = b"\x00\x04MQTT\x05\x02\x00\x0a\x00\x00\x01x"
         s.sendall(bytes([0x10, len(body)]) + body)
         assert s.recv(4) == b"\x20\x02\x00\x01"  # CONNACK: unacceptable protocol version
+
+
+def test_a_port_in_use_is_an_error_on_stderr_not_silence() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        p = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "tools.minibroker", "--port", str(p)], cwd=REPO,
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"minibroker: cannot listen on 127.0.0.1:{p}:" in r.stderr, r.stderr
