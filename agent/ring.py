@@ -67,6 +67,9 @@ class FrameRing:
         self.committed = 0
         self.dropped_oldest = 0
         self._producer_waiting = False
+        # A waiting lossless producer is woken once half the ring is free, not for every slot:
+        # it then refills several slots per wake-up (one thread switch per several frames).
+        self._refill_at = max(1, slots // 2)
 
     # -- producer ---------------------------------------------------------------------------
     def acquire(self) -> int:
@@ -125,7 +128,9 @@ class FrameRing:
         with self._cond:
             for k in range(n):
                 self._free.push(int(idxs[k]))
-            if self._producer_waiting:  # only a lossless producer ever waits for a free slot
+            # Only a lossless producer ever waits for a free slot. Once the consumer has emptied
+            # the ready queue every slot it does not hold is free (>= _refill_at): no stall.
+            if self._producer_waiting and self._free.size >= self._refill_at:
                 self._cond.notify_all()
 
     def view(self, idx: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -85,3 +86,35 @@ def test_lossless_producer_waits_for_consumer() -> None:
             break
         ring.commit(i, 1, 1, 0, 0)
     assert ring.acquire_wait(stop, timeout=0.01) is None
+
+
+def test_lossless_producer_is_woken_once_half_the_ring_is_free() -> None:
+    ring = FrameRing(8, 2, 2)
+    stop = threading.Event()
+    for s in range(8):
+        i = ring.acquire()
+        ring.commit(i, 2, 2, s, 0)
+    woke: list[int] = []
+
+    def produce() -> None:
+        i = ring.acquire_wait(stop, timeout=5.0)
+        woke.append(ring._free.size)  # slots still free when it got one
+        if i is not None:
+            ring.abort(i)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    out = np.zeros(1, np.int64)
+    deadline = time.monotonic() + 5
+    while not ring._producer_waiting and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for _ in range(3):  # three slots freed: the producer is not woken yet
+        assert ring.take(out, 1, 0.0) == 1
+        ring.release(out, 1)
+    time.sleep(0.05)
+    assert not woke
+    assert ring.take(out, 1, 0.0) == 1
+    ring.release(out, 1)  # the fourth: half of 8
+    t.join(5)
+    assert woke == [3]  # it took one of the four free slots
+    stop.set()
