@@ -18,6 +18,7 @@ A program that is in none of these lists fails the test: a new kind of command m
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -138,6 +139,7 @@ def doc_commands() -> list[Command]:
     return [c for block in doc_blocks() for c in block]
 
 
+@functools.cache  # three tests read the same texts
 def _help(module: str) -> str:
     r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
                        timeout=60)
