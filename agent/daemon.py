@@ -9,8 +9,8 @@ loops make progress (``Liveness``; the source is not watched: a silent line is n
 from __future__ import annotations
 
 import gc
+import json
 import logging
-import platform
 import signal
 import threading
 import time
@@ -28,6 +28,7 @@ from agent.inference.variants import read_model_set
 from agent.pipeline import InferenceLoop
 from agent.preprocess import Preprocessor
 from agent.publish import Publisher
+from agent.publish.board import board_info
 from agent.publish.discovery import Discovery
 from agent.publish.payloads import encode_health
 from agent.ring import FrameRing
@@ -92,6 +93,7 @@ class Daemon:
         self.threads: list[threading.Thread] = []
         self.pinger: Optional[WatchdogPinger] = None
         self._signal: Optional[int] = None  # set by the SIGTERM/SIGINT handler
+        self._health_due = threading.Event()  # publish health at the next health tick (after an announce)
 
     # -- start-up -----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -115,9 +117,11 @@ class Daemon:
         self.loop = InferenceLoop(self.ring, self.engine, self.pre, self.publisher.enqueue, cfg.mqtt.qos,
                                   min(cfg.inference.batch_max, model.batch_max), self.stop, self.liveness.beat,
                                   max_frame_age_ms=cfg.source.max_frame_age_ms if self.source.live else 0.0,
-                                  on_stop=self._stopping, flush=self.publisher.kick)
+                                  on_stop=self._stopping, flush=self.publisher.kick, on_digit=self._publish_digit,
+                                  digit_frames=cfg.mqtt.digit_debounce_frames)
         self.ota = OtaController(cfg, self.publisher, self.engine, self.stop)
-        self.discovery = Discovery(cfg, self.publisher, self.stop, hw_version=platform.machine())
+        self.discovery = Discovery(cfg, self.publisher, self.stop, board=board_info(),
+                                   after_announce=self._health_due.set)
         self.health = HealthSampler(cfg.health.thermal_zone, {
             "frames": self._frame_counters, "inference": self._inference_stats,
             "source": self.source.stats, "mqtt": self.publisher.stats, "model": self._model_info,
@@ -179,7 +183,8 @@ class Daemon:
                 self.liveness.beat("mqtt")
             state = (self.source.stats().get("state"), self.publisher.stats().get("connected"),
                      self.ota.state())
-            if time.monotonic() >= next_t or state != last_state:
+            if time.monotonic() >= next_t or state != last_state or self._health_due.is_set():
+                self._health_due.clear()
                 self.publish_health()
                 self.notifier.status(self._status_line())
                 next_t = time.monotonic() + interval
@@ -188,6 +193,13 @@ class Daemon:
     def publish_health(self) -> None:
         doc = self.health.sample()
         self.publisher.publish("health", encode_health(doc), self.cfg.mqtt.qos)
+
+    def _publish_digit(self, digit: int, confidence: float, seq: int) -> None:
+        """A new digit (see ``mqtt.digit_debounce_frames``): retained, for HA's event and last-digit entities."""
+        doc = {"event_type": str(digit), "digit": digit, "confidence": round(confidence, 4), "seq": seq,
+               "boot_id": self.loop.boot_id, "ts": round(time.time(), 3)}
+        self.publisher.publish("digit", json.dumps(doc, separators=(",", ":")).encode(), self.cfg.mqtt.qos,
+                               retain=True)
 
     def _stopping(self) -> None:
         log.info("stopping: draining frames and flushing MQTT")
@@ -241,8 +253,12 @@ class Daemon:
 
     def _model_info(self) -> dict[str, Any]:
         m = self.engine.model
-        return {"version": m.version, "sha256": m.sha256, "path": str(m.path), "variant": m.variant,
-                "choice": m.choice}
+        info: dict[str, Any] = {"version": m.version, "sha256": m.sha256, "path": str(m.path),
+                                "variant": m.variant, "choice": m.choice}
+        for key in ("release_notes", "release_url"):  # shown by Home Assistant's update entity
+            if isinstance(m.card.get(key), str):
+                info[key] = m.card[key]
+        return info
 
     def _status_line(self) -> str:
         c = self.engine.counters()

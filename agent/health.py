@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -51,6 +52,8 @@ class HealthSampler:
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)  # first call primes the counter
         self._t0 = time.monotonic()
+        # When this process started, as HA's timestamp sensors want it (fixed, so it never churns).
+        self._started_at = datetime.fromtimestamp(time.time(), timezone.utc).isoformat(timespec="seconds")
         self._has_vcgencmd = shutil.which("vcgencmd") is not None
 
     def sample(self) -> dict[str, Any]:
@@ -58,6 +61,7 @@ class HealthSampler:
             doc: dict[str, Any] = {
                 "ts": round(time.time(), 3),
                 "uptime_s": round(time.monotonic() - self._t0, 1),
+                "started_at": self._started_at,
                 "cpu_percent": self._proc.cpu_percent(None),
                 "rss_bytes": self._proc.memory_info().rss,
                 "threads": self._proc.num_threads(),

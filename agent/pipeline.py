@@ -33,7 +33,8 @@ class InferenceLoop:
     def __init__(self, ring: FrameRing, engine: Engine, pre: Preprocessor, sink: ResultSink,
                  qos: int, batch_max: int, stop: threading.Event,
                  beat: Callable[[str], None] = lambda name: None, max_frame_age_ms: float = 0.0,
-                 on_stop: Callable[[], None] = lambda: None, flush: Callable[[], None] = lambda: None) -> None:
+                 on_stop: Callable[[], None] = lambda: None, flush: Callable[[], None] = lambda: None,
+                 on_digit: Optional[Callable[[int, float, int], None]] = None, digit_frames: int = 0) -> None:
         """``sink`` takes each result of a batch, then ``flush`` is called once (the publisher
         queues in ``sink`` and sends the whole batch in ``flush``)."""
         self.ring, self.engine, self.pre, self.sink, self.flush = ring, engine, pre, sink, flush
@@ -47,6 +48,12 @@ class InferenceLoop:
         self._max_age_ns = int(max_frame_age_ms * 1e6)
         self.last_digit: Optional[int] = None
         self.last_confidence: Optional[float] = None
+        # Digit on change, debounced: on_digit(digit, confidence, seq) once a digit other than the
+        # last reported one has been the result of digit_frames frames in a row.
+        self._on_digit = on_digit if digit_frames > 0 else None
+        self._digit_frames = digit_frames
+        self._run_digit, self._run_len = -1, 0
+        self.stable_digit: Optional[int] = None
         self._idx = np.zeros(batch_max, dtype=np.int64)
         self._keep = np.zeros(batch_max, dtype=np.int64)
         self._hang_after = int(os.environ.get("DIGIT_AGENT_TEST_HANG_AFTER", "0"))  # systemd watchdog tests
@@ -118,7 +125,21 @@ class InferenceLoop:
                 self.seq, int(ring.frame_seq[i]), digit, self.last_confidence, probs, latency_ns // 1000,
                 (done - int(ring.t_ns[i])) // 1000, missed, engine.model.version, ts)
             self.sink("result", payload, self.qos)
+            if self._on_digit is not None:
+                self._debounce(digit)
         self.flush()
+
+    def _debounce(self, digit: int) -> None:
+        if digit != self._run_digit:
+            self._run_digit, self._run_len = digit, 0
+        self._run_len += 1
+        if self._run_len == self._digit_frames and digit != self.stable_digit:
+            self.stable_digit = digit
+            assert self._on_digit is not None and self.last_confidence is not None
+            try:
+                self._on_digit(digit, self.last_confidence, self.seq)
+            except Exception:  # a reporting problem must not stop inference
+                log.exception("digit report failed")
 
     def _maybe_hang(self) -> None:
         if self._hang_after and self.engine.inferences >= self._hang_after:

@@ -72,6 +72,8 @@ class MqttConfig:
                                 min=0.1, max=3600.0)
     max_inflight: int = _f(64, "unacknowledged QoS>0 messages at once", min=1, max=65535)
     connect_timeout_s: float = _f(5.0, "TCP/TLS connect and CONNACK timeout", min=0.5, max=120.0)
+    digit_debounce_frames: int = _f(3, "publish <prefix>/<id>/digit (retained) when a new digit was the "
+                                       "result of this many frames in a row; 0 = never", min=0, max=10_000)
     rx_queue_max: int = _f(1024, "received messages waiting for their handler; newer ones are dropped "
                                  "beyond", min=1, max=1_000_000)
 
@@ -161,7 +163,9 @@ class OtaConfig:
 
 @dataclass(frozen=True)
 class HomeAssistantConfig:
-    discovery: bool = _f(True, "publish Home Assistant MQTT discovery configs")
+    discovery: bool = _f(True, "publish Home Assistant MQTT discovery configs; false publishes their removal")
+    discovery_mode: str = _f("device", "device: one config per device (HA >= 2024.11); component: one per "
+                                       "entity (older HA)", choices=("device", "component"))
     prefix: str = _f("homeassistant", "Home Assistant discovery prefix", pattern=_TOPIC_PATTERN)
     node_name: str = _f("", "device name shown in Home Assistant; empty = the device id",
                         pattern=r"^[^\x00-\x1f]{0,64}$")

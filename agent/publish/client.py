@@ -19,6 +19,10 @@ Design (why it looks like this):
   **fresh paho client per connection**: on disconnect the un-acknowledged messages go back to the
   FRONT of the outbox and are re-sent, in order, after the reconnect. Re-sent duplicates are
   recognisable by ``seq`` + ``boot_id`` in the payload.
+* Retained state (discovery configs, ``ota/status``, the last digit) does not go through the
+  outbox but through :meth:`Publisher.publish_retained` into the *retained lane*
+  (:mod:`agent.publish.retained`): one message per topic, sent before the outbox, never dropped by
+  a result overflow, and sent again after every new connection.
 * Every connection publishes retained ``online`` on ``<prefix>/<id>/status`` first, re-makes all
   subscriptions, and registers the retained Last Will ``offline``. ``stop()`` flushes, publishes
   retained ``stopped`` and disconnects cleanly (so the will is not sent).
@@ -44,6 +48,7 @@ from agent.config.schema import Config
 from agent.publish.auth import load_credentials
 from agent.publish.dispatch import Dispatcher, Handler
 from agent.publish.outbox import Message, Outbox
+from agent.publish.retained import Retained, RetainedLane
 from agent.publish.session import Session
 
 __all__ = ["Publisher", "StatValue", "resolve_topic"]
@@ -79,6 +84,7 @@ class Publisher:
         self._topics: dict[str, str] = {}
         self._lock = threading.Lock()
         self._outbox = Outbox(cfg.mqtt.outbox_max)
+        self._lane = RetainedLane()
         self._wake_pending = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -88,7 +94,7 @@ class Publisher:
         # Raises CredentialError (naming key and file) here, at start-up, not on first connect.
         creds = load_credentials(cfg.mqtt, environ)
         self._session = Session(cfg, creds, self._outbox, self._lock, self._dispatch,
-                                self._wake_r, self._on_outbox_empty)
+                                self._wake_r, self._on_outbox_empty, self._lane)
         self._thread: Optional[threading.Thread] = None
         self.status_topic = self._session.status_topic
 
@@ -123,6 +129,19 @@ class Publisher:
         with self._lock:
             if self._wake_pending:
                 return
+            self._wake_pending = True
+        self._wake()
+
+    def publish_retained(self, suffix: str, payload: bytes, qos: int = 1, sticky: bool = True) -> None:
+        """Set this device's retained state on ``suffix`` (the retained lane, see
+        :mod:`agent.publish.retained`): sent before any queued result, never dropped by an outbox
+        overflow, a newer payload replaces one still waiting, and a ``sticky`` one is sent again
+        after every new connection. Never blocks, never raises."""
+        topic = self._checked_topic(suffix, qos)
+        if topic is None:
+            return
+        with self._lock:
+            self._lane.put(Retained(topic, payload, qos, True), sticky)
             self._wake_pending = True
         self._wake()
 
@@ -192,7 +211,7 @@ class Publisher:
             self._wake_r.close()  # a later publish() only queues (its wake send fails quietly)
             self._wake_w.close()
         self._dispatch.close(0.5)
-        left = len(self._outbox) + self._session.inflight
+        left = len(self._outbox) + len(self._lane) + self._session.inflight
         if left:
             log.warning("stopped with %d message(s) undelivered", left)
 
@@ -220,7 +239,7 @@ class Publisher:
     def flush(self, timeout: float) -> bool:
         """Wait until nothing is queued or in flight (tests, benchmarks, shutdown helpers)."""
         deadline = time.monotonic() + timeout
-        while len(self._outbox) or self._session.inflight:
+        while len(self._outbox) or len(self._lane) or self._session.inflight:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.005)
@@ -230,11 +249,13 @@ class Publisher:
         with self._lock:
             produced, queued, dropped = self._outbox.pushed, len(self._outbox), self._outbox.dropped
             rejected = self._rejected
+            retained_queued, retained_replaced = len(self._lane), self._lane.replaced
         s = self._session
         return {
             "connected": s.connected, "state": s.state, "connects": s.connects,
             "reconnects": max(0, s.connects - 1), "connect_failures": s.failures,
             "produced": produced, "queued": queued, "inflight": s.inflight, "dropped": dropped,
+            "retained_queued": retained_queued, "retained_replaced": retained_replaced,
             "rejected": rejected + s.fl.rejected, "sent": s.fl.sent, "acked": s.fl.acked,
             "rx": self._dispatch.received, "rx_dropped": self._dispatch.dropped,
             "handler_errors": self._dispatch.errors, "loop_restarts": s.loop_restarts,

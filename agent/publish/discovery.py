@@ -1,26 +1,31 @@
 """Home Assistant MQTT discovery: retained config messages that make a device appear in HA by itself.
 
-Pure part: :func:`entity_configs` / :func:`discovery_messages` / :func:`removal_messages` turn the
-:class:`~agent.config.schema.Config` into ``(topic, payload, retain)`` messages (no I/O).
-:class:`Discovery` publishes them through the daemon's publisher: at start, after every new broker
-connection (a broker restarted without persistence forgets retained configs) and, with a random
-delay, when Home Assistant announces ``online`` on ``<ha_prefix>/status`` (its birth message).
-With ``[homeassistant] discovery = false`` it publishes empty retained payloads instead, which
-makes Home Assistant remove the entities.
+Pure part: :func:`discovery_messages` / :func:`removal_messages` turn the
+:class:`~agent.config.schema.Config` into ``(topic, payload, retain)`` messages (no I/O); the
+entities themselves are in :mod:`agent.publish.ha_entities`.
 
-Why the sensors read ``health`` and not ``result``: results come at the frame rate (50/s by
-default) and every HA state change is written to its recorder; health comes every
-``health.interval_s`` and carries the last digit and confidence too.
+Two layouts (``[homeassistant] discovery_mode``):
 
-Availability: the device publishes ``online``/``stopped``/LWT ``offline`` on ``<prefix>/<id>/status``;
-the availability template maps anything but ``online`` to ``offline``, so a cleanly stopped device
-also reads as unavailable.
+* ``device`` (default; HA >= 2024.11): ONE retained message on ``<ha_prefix>/device/<id>/config``
+  with the device block, origin, availability and every entity under ``cmps``. An empty retained
+  payload there removes the whole device. Announcing in this layout also clears (once) the
+  per-entity topics of the other layout, so switching does not leave duplicates behind.
+* ``component`` (older HA): one retained message per entity on
+  ``<ha_prefix>/<platform>/<id>/<object id>/config``.
 
-Update entity: installed = the model version serving (``health.model.version``), its title and
-summary name the variant serving (``health.model.variant``, e.g. ``fp32``); latest = the
-version of the newest OTA job (``health.ota.version``) if higher and not refused; progress from
-``health.ota.state``/``progress``. Its install button publishes :data:`INSTALL_PAYLOAD` on
-``<prefix>/<id>/cmd`` (see docs/fleet.md for what the OTA controller does with it).
+The node id is the device id itself (the config schema restricts it to ``[A-Za-z0-9_-]``, what HA
+accepts, so the broker ACL's ``%u`` pattern matches it); ``unique_id`` = ``digit_agent_<id>_<key>``.
+
+:class:`Discovery` publishes through the publisher's retained lane
+(:meth:`~agent.publish.client.Publisher.publish_retained`): never dropped by a result overflow and
+sent again after every new connection, the first included. After each announce (every connection,
+and a random delay after Home Assistant's birth message ``online`` on ``<ha_prefix>/status``) it
+calls ``after_announce`` — the daemon publishes one health message then, so the sensors do not
+read *unknown* until the next health interval. With ``[homeassistant] discovery = false`` it
+publishes the removal instead.
+
+Availability: ``<prefix>/<id>/status`` (``online``/``stopped``/LWT ``offline``); the template maps
+anything but ``online`` to ``offline``, so a cleanly stopped device also reads as unavailable.
 """
 
 from __future__ import annotations
@@ -34,24 +39,22 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 from agent import __version__
 from agent.config.schema import Config
+from agent.publish.ha_entities import INSTALL_PAYLOAD, OTA_BUSY_STATES, entities
 
 __all__ = [
     "INSTALL_PAYLOAD",
     "OTA_BUSY_STATES",
     "Discovery",
     "DiscoveryMessage",
+    "device_block",
     "discovery_messages",
     "entity_configs",
-    "node_id",
     "removal_messages",
     "unique_id",
 ]
 
 log = logging.getLogger(__name__)
 
-INSTALL_PAYLOAD = '{"cmd":"ota_install","version":"latest"}'
-OTA_BUSY_STATES = ("downloading", "verifying", "validating", "activating", "testing")
-_NOT_OFFERED = ("rejected", "rolled_back", "disabled")  # a job in these states is not an update to offer
 _AVAILABILITY_TEMPLATE = "{{ 'online' if value == 'online' else 'offline' }}"
 
 
@@ -59,13 +62,6 @@ class DiscoveryMessage(NamedTuple):
     topic: str
     payload: bytes
     retain: bool
-
-
-def node_id(device_id: str) -> str:
-    """The discovery node id: the device id itself. The config schema restricts device ids to
-    ``[A-Za-z0-9_-]``, the characters HA accepts in a node id, so no mapping is needed and two
-    different devices never share a node (and the broker ACL's ``%u`` matches it)."""
-    return device_id
 
 
 def unique_id(device_id: str, key: str) -> str:
@@ -78,63 +74,9 @@ def _entity_slug(device_id: str) -> str:
     return device_id.lower().replace("-", "_")
 
 
-def _num(path: str, scale: str = "", ndigits: int = 1) -> str:
-    """Template: the JSON number at ``path`` (optionally scaled), or None (HA: unknown) if absent."""
-    expr = f"(v {scale}) | round({ndigits})" if scale else "v"
-    return f"{{% set v = value_json.{path} | default(none) %}}{{{{ {expr} if v is number else none }}}}"
-
-
-# key -> (state topic suffix, extra config). Units and classes per HA's sensor docs.
-_SENSORS: dict[str, tuple[str, dict[str, Any]]] = {
-    "last_digit": ("health", {
-        "name": "Last digit", "icon": "mdi:numeric",
-        "value_template": _num("inference.last_digit")}),
-    "confidence": ("health", {
-        "name": "Confidence", "unit_of_measurement": "%", "state_class": "measurement",
-        "suggested_display_precision": 1, "icon": "mdi:gauge",
-        "value_template": _num("inference.last_confidence", "* 100", 2)}),
-    "inference_p99": ("health", {
-        "name": "Inference p99", "device_class": "duration", "unit_of_measurement": "ms",
-        "state_class": "measurement", "suggested_display_precision": 2,
-        "value_template": _num("inference.p99_us", "/ 1000", 3)}),
-    "deadline_misses": ("health", {
-        "name": "Deadline misses", "state_class": "total_increasing", "entity_category": "diagnostic",
-        "icon": "mdi:timer-alert-outline", "value_template": _num("inference.deadline_misses")}),
-    "frames_dropped": ("health", {
-        "name": "Frames dropped", "state_class": "total_increasing", "entity_category": "diagnostic",
-        "icon": "mdi:image-broken-variant", "value_template": _num("frames.dropped")}),
-    "cpu_temperature": ("health", {
-        "name": "CPU temperature", "device_class": "temperature", "unit_of_measurement": "°C",
-        "state_class": "measurement", "entity_category": "diagnostic", "suggested_display_precision": 1,
-        "value_template": _num("temperature_c")}),
-    "memory_rss": ("health", {
-        "name": "Memory (RSS)", "device_class": "data_size", "unit_of_measurement": "MiB",
-        "state_class": "measurement", "entity_category": "diagnostic", "suggested_display_precision": 1,
-        "value_template": _num("rss_bytes", "/ 1048576", 1)}),
-}
-
-_UPDATE_TEMPLATE = (
-    "{%- set o = value_json.ota if value_json.ota is mapping else {} -%}"
-    "{%- set inst = value_json.model.version | default(none) -%}"
-    "{%- set var = value_json.model.variant | default('') -%}"
-    "{%- set st = o.state | default('idle') -%}"
-    "{%- set tgt = o.version | default(none) -%}"
-    "{%- set busy = st in " + json.dumps(list(OTA_BUSY_STATES)) + " -%}"
-    "{%- set offered = tgt is number and inst is number and tgt > inst and st not in "
-    + json.dumps(list(_NOT_OFFERED)) + " -%}"
-    "{%- set p = o.progress | default(0) -%}"
-    "{{ {'installed_version': inst | string,"
-    " 'latest_version': (tgt if offered else inst) | string,"
-    " 'in_progress': busy,"
-    " 'update_percentage': ((p if p is number else 0) * 100) | round(0) if busy else none,"
-    " 'title': 'Digit model' ~ ((' (' ~ var ~ ')') if var else ''),"
-    " 'release_summary': (('serving variant ' ~ var ~ '; ') if var else '')"
-    " ~ ('last OTA: ' ~ st ~ ((': ' ~ o.reason) if o.reason else ''))[:200]"
-    "} | tojson }}"
-)
-
-
-def _device(cfg: Config, hw_version: str) -> dict[str, Any]:
+def device_block(cfg: Config, board: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """HA's device block; ``board`` = :func:`agent.publish.board.board_info` (model, serial, mac)."""
+    b = board or {}
     dev: dict[str, Any] = {
         "identifiers": [f"digit_agent_{cfg.device.id}"],
         "name": cfg.homeassistant.node_name or cfg.device.id,
@@ -142,53 +84,76 @@ def _device(cfg: Config, hw_version: str) -> dict[str, Any]:
         "model": "digit-agent int8 digit recogniser",
         "sw_version": __version__,
     }
-    if hw_version:
-        dev["hw_version"] = hw_version
+    if b.get("model"):
+        dev["hw_version"] = b["model"]
+    if b.get("serial"):
+        dev["serial_number"] = b["serial"]
+    if b.get("mac"):
+        dev["connections"] = [["mac", b["mac"]]]
     return dev
 
 
-def entity_configs(cfg: Config, hw_version: str = "") -> list[tuple[str, str, dict[str, Any]]]:
-    """``(component, key, config)`` for every entity of this device, in a stable order."""
-    dev_id, slug = cfg.device.id, _entity_slug(cfg.device.id)
-    common: dict[str, Any] = {
-        "availability": [{"topic": cfg.topic("status"), "value_template": _AVAILABILITY_TEMPLATE,
-                          "payload_available": "online", "payload_not_available": "offline"}],
-        "device": _device(cfg, hw_version),
-        "origin": {"name": "digit-agent", "sw_version": __version__},
-        "qos": 1,
-    }
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    for key, (suffix, extra) in _SENSORS.items():
-        conf = {"unique_id": unique_id(dev_id, key), "default_entity_id": f"sensor.{slug}_{key}",
-                "state_topic": cfg.topic(suffix), **extra, **common}
-        out.append(("sensor", key, conf))
-    out.append(("update", "model", {
-        "unique_id": unique_id(dev_id, "model"), "default_entity_id": f"update.{slug}_model",
-        "name": "Model", "title": "Digit model", "entity_category": "config",
-        "state_topic": cfg.topic("health"), "value_template": _UPDATE_TEMPLATE,
-        "command_topic": cfg.topic("cmd"), "payload_install": INSTALL_PAYLOAD, "retain": False,
-        **common}))
-    return out
+def _shared(cfg: Config) -> dict[str, Any]:
+    return {"availability": [{"topic": cfg.topic("status"), "value_template": _AVAILABILITY_TEMPLATE,
+                              "payload_available": "online", "payload_not_available": "offline"}],
+            "qos": 1}
 
 
-def _config_topic(cfg: Config, component: str, key: str) -> str:
-    return f"{cfg.homeassistant.prefix}/{component}/{node_id(cfg.device.id)}/{key}/config"
+def _origin() -> dict[str, Any]:
+    return {"name": "digit-agent", "sw_version": __version__}
 
 
-def discovery_messages(cfg: Config, hw_version: str = "") -> list[DiscoveryMessage]:
-    """Retained config messages announcing every entity."""
-    return [DiscoveryMessage(_config_topic(cfg, comp, key),
-                             json.dumps(conf, separators=(",", ":"), ensure_ascii=False).encode(), True)
-            for comp, key, conf in entity_configs(cfg, hw_version)]
+def _with_ids(cfg: Config, platform: str, key: str, options: dict[str, Any]) -> dict[str, Any]:
+    slug = _entity_slug(cfg.device.id)
+    return {"unique_id": unique_id(cfg.device.id, key), "default_entity_id": f"{platform}.{slug}_{key}",
+            **options}
+
+
+def entity_configs(cfg: Config, board: Optional[dict[str, str]] = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(platform, key, config)`` of every entity as single-component discovery publishes it."""
+    common = {**_shared(cfg), "device": device_block(cfg, board), "origin": _origin()}
+    return [(p, key, {**_with_ids(cfg, p, key, opts), **common}) for p, key, opts in entities(cfg)]
+
+
+def device_config(cfg: Config, board: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """The one device-discovery payload: device, origin, shared availability/qos, ``cmps``."""
+    cmps = {key: {"p": p, **_with_ids(cfg, p, key, opts)} for p, key, opts in entities(cfg)}
+    return {"dev": device_block(cfg, board), "o": _origin(), **_shared(cfg), "cmps": cmps}
+
+
+def _device_topic(cfg: Config) -> str:
+    return f"{cfg.homeassistant.prefix}/device/{cfg.device.id}/config"
+
+
+def _component_topic(cfg: Config, platform: str, key: str) -> str:
+    return f"{cfg.homeassistant.prefix}/{platform}/{cfg.device.id}/{key}/config"
+
+
+def _json(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def discovery_messages(cfg: Config, board: Optional[dict[str, str]] = None) -> list[DiscoveryMessage]:
+    """Retained config messages announcing every entity in the configured layout."""
+    if cfg.homeassistant.discovery_mode == "device":
+        return [DiscoveryMessage(_device_topic(cfg), _json(device_config(cfg, board)), True)]
+    return [DiscoveryMessage(_component_topic(cfg, p, key), _json(conf), True)
+            for p, key, conf in entity_configs(cfg, board)]
+
+
+def _component_removals(cfg: Config) -> list[DiscoveryMessage]:
+    return [DiscoveryMessage(_component_topic(cfg, p, key), b"", True) for p, key, _ in entities(cfg)]
 
 
 def removal_messages(cfg: Config) -> list[DiscoveryMessage]:
-    """Empty retained payloads on every config topic: HA removes the entities, the broker the configs."""
-    return [DiscoveryMessage(_config_topic(cfg, comp, key), b"", True) for comp, key, _ in entity_configs(cfg)]
+    """Empty retained payloads that make HA remove the device (device layout: ONE message)."""
+    if cfg.homeassistant.discovery_mode == "device":
+        return [DiscoveryMessage(_device_topic(cfg), b"", True)]
+    return _component_removals(cfg)
 
 
 class _Publisher(Protocol):
-    def publish(self, suffix: str, payload: bytes, qos: int, retain: bool = False) -> None: ...
+    def publish_retained(self, suffix: str, payload: bytes, qos: int = 1, sticky: bool = True) -> None: ...
 
     def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None: ...
 
@@ -199,18 +164,22 @@ class Discovery:
     """Keeps this device's discovery configs on the broker (see the module docstring).
 
     ``start()`` publishes (or, when disabled, removes) the configs and, when enabled, subscribes
-    to ``<ha_prefix>/status`` and starts one small thread that re-announces after a reconnect or a
-    Home Assistant birth message. ``stop()`` (or the shared ``stop`` event) ends it.
+    to ``<ha_prefix>/status`` and starts one small thread that notices new connections (the
+    retained lane has re-sent the configs) and Home Assistant's birth message (re-announce after
+    a random delay), calling ``after_announce`` each time. ``stop()`` (or the shared ``stop``
+    event) ends it.
     """
 
-    _POLL_S = 1.0
+    _POLL_S = 0.25
 
-    def __init__(self, cfg: Config, publisher: _Publisher, stop: threading.Event, hw_version: str = "",
+    def __init__(self, cfg: Config, publisher: _Publisher, stop: threading.Event,
+                 board: Optional[dict[str, str]] = None, after_announce: Callable[[], None] = lambda: None,
                  rng: Optional[random.Random] = None) -> None:
         self._cfg = cfg
         self._pub = publisher
         self._stop = stop
-        self._hw = hw_version
+        self._board = board
+        self._after = after_announce
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._due: Optional[float] = None  # monotonic time of a pending re-announce
@@ -222,11 +191,16 @@ class Discovery:
         ha = self._cfg.homeassistant
         if not ha.discovery:
             for m in removal_messages(self._cfg):
-                self._pub.publish("/" + m.topic, m.payload, 1, m.retain)
-            log.info("Home Assistant discovery off: removal of %s's entities published", self._cfg.device.id)
+                self._pub.publish_retained("/" + m.topic, m.payload, 1, sticky=False)
+            log.info("Home Assistant discovery off: removal of %s published", self._cfg.device.id)
             return
+        if ha.discovery_mode == "device":  # leave no per-entity configs of the other layout behind
+            for m in _component_removals(self._cfg):
+                self._pub.publish_retained("/" + m.topic, m.payload, 1, sticky=False)
         self._connects = self._connect_count()
-        self.announce()
+        self._put_configs()
+        if self._connects:  # already connected: the configs go out now, not at a later connect
+            self._announced()
         self._pub.subscribe(f"/{ha.prefix}/status", self._on_ha_status)
         self._thread = threading.Thread(target=self._run, name="ha-discovery", daemon=True)
         self._thread.start()
@@ -237,10 +211,21 @@ class Discovery:
             self._thread.join(timeout)
 
     def announce(self) -> None:
-        for m in discovery_messages(self._cfg, self._hw):
-            self._pub.publish("/" + m.topic, m.payload, 1, m.retain)
+        """Send the configs again now (they are sticky: every new connection sends them anyway)."""
+        self._put_configs()
+        self._announced()
+
+    def _put_configs(self) -> None:
+        for m in discovery_messages(self._cfg, self._board):
+            self._pub.publish_retained("/" + m.topic, m.payload, 1, sticky=True)
+
+    def _announced(self) -> None:
         self.announced += 1
-        log.debug("Home Assistant discovery configs published (%d)", self.announced)
+        log.debug("Home Assistant discovery announced (%d)", self.announced)
+        try:
+            self._after()
+        except Exception:  # the health hook must not end discovery
+            log.exception("after-announce hook failed")
 
     def _on_ha_status(self, _topic: str, payload: bytes) -> None:
         """Dispatcher thread: only schedules; the thread publishes after a random delay."""
@@ -264,7 +249,8 @@ class Discovery:
                 due = self._due is not None and time.monotonic() >= self._due
                 if due:
                     self._due = None
-            # The first connect is covered by start(); later ones may follow a broker that lost them.
-            if due or connects > max(self._connects, 1):
+            if due:
                 self.announce()
+            elif connects > self._connects:  # the retained lane re-sent the configs on connecting
+                self._announced()
             self._connects = max(self._connects, connects)

@@ -9,9 +9,9 @@ the outbox. Used from the loop thread only; ``take`` runs under the outbox lock.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
-from agent.publish.outbox import Message, Outbox
+from agent.publish.outbox import Message
 
 __all__ = ["POISON_STRIKES", "QOS0_WINDOW", "Inflight"]
 
@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 QOS0_WINDOW = 256  # QoS 0 messages handed to paho but not yet written to the socket
 POISON_STRIKES = 3
 _BATCH = 256  # messages moved per lock hold (bounds how long publish() can wait for the lock)
+
+
+class _Queue(Protocol):  # the outbox and the retained lane
+    def __bool__(self) -> bool: ...
+
+    def peek(self) -> Optional[Message]: ...
+
+    def pop(self) -> Message: ...
 
 
 class Inflight:
@@ -46,7 +54,7 @@ class Inflight:
         self.max_packet = int(getattr(connack_props, "MaximumPacketSize", 0) or 0)
         self._acked_at_connect = self.acked
 
-    def take(self, outbox: Outbox) -> list[Message]:
+    def take(self, outbox: _Queue) -> list[Message]:
         """Pop from the outbox what the windows allow, oldest first (caller holds the outbox lock)."""
         batch: list[Message] = []
         while outbox and len(batch) < _BATCH:

@@ -35,6 +35,7 @@ from agent.publish.outbox import Message, Outbox
 from agent.publish.pahoclient import PahoLog, close_client, guarded, new_client
 from agent.publish.payloads import STATUS_ONLINE, STATUS_STOPPED
 from agent.publish.rawq0 import RawQos0
+from agent.publish.retained import RetainedLane
 
 __all__ = ["Session"]
 
@@ -46,9 +47,10 @@ _AUTH_CODES = (0x86, 0x87)  # bad user name or password, not authorised (v3 code
 
 class Session:
     def __init__(self, cfg: Config, creds: Credentials, outbox: Outbox, lock: threading.Lock,
-                 dispatch: Dispatcher, wake_r: socket.socket, on_empty: Callable[[], None]) -> None:
+                 dispatch: Dispatcher, wake_r: socket.socket, on_empty: Callable[[], None],
+                 lane: RetainedLane) -> None:
         self._cfg, self._m, self._creds = cfg, cfg.mqtt, creds
-        self._outbox, self._lock, self._dispatch = outbox, lock, dispatch
+        self._outbox, self._lock, self._dispatch, self._lane = outbox, lock, dispatch, lane
         self._wake_r, self._on_empty = wake_r, on_empty
         self.status_topic = cfg.topic("status")
         self._backoff = Backoff(self._m.reconnect_min_s, self._m.reconnect_max_s)
@@ -121,7 +123,7 @@ class Session:
             self._pump(c)
             self._write(c)
             return (self._lost is None and c.socket() is not None and not self._wants_write(c)
-                    and not self._outbox)
+                    and not self._outbox and not self._lane)
         finally:
             self.io_lock.release()
 
@@ -215,7 +217,7 @@ class Session:
             pass
 
     def _drained(self) -> bool:
-        return not self._outbox and not self.fl
+        return not self._outbox and not self._lane and not self.fl
 
     # -- connection ------------------------------------------------------------------------------
     def _new_client(self) -> mqtt.Client:
@@ -251,6 +253,8 @@ class Session:
         self._backoff.reset()
         self.fl.session_started(props)
         c.publish(self.status_topic, STATUS_ONLINE, qos=1, retain=True)  # before any backlog
+        with self._lock:
+            self._lane.connected()  # the retained state (discovery, ota/status) next, then the outbox
         self._subscribed.clear()
         self._subscribe_new(c)
         self.connected_event.set()
@@ -278,7 +282,7 @@ class Session:
             close_client(c)
         back = self.fl.take_back(was) + self._raw.reset()
         with self._lock:
-            lost = self._outbox.requeue(back)
+            lost = self._outbox.requeue(self._lane.requeue(back))
         if reason:
             detail = f": {self._paho_log.last}" if self._paho_log.last else ""
             self._error(f"{'connection lost' if was else 'connection failed'}: {reason}{detail}")
@@ -300,12 +304,18 @@ class Session:
 
     # -- sending ---------------------------------------------------------------------------------
     def _pump(self, c: mqtt.Client) -> None:
-        if not self._raw.pending and not c.want_write():
+        lane: list[Message] = []
+        if self._lane:  # the retained state goes to paho before any queued result (raw ones too)
+            with self._lock:
+                lane = self.fl.take(self._lane)
+        if not lane and not self._raw.pending and not c.want_write():
             self._pump_raw(c)
         with self._lock:
             batch = self.fl.take(self._outbox)
             if not self._outbox:
                 self._on_empty()
+        if lane:
+            batch = lane + batch
         for i, m in enumerate(batch):
             try:
                 problem = self.fl.problem(m)
@@ -320,7 +330,7 @@ class Session:
                 for rest in batch[i:]:
                     self.fl.unreserve(rest, rejected=False)
                 with self._lock:
-                    self._outbox.requeue(batch[i:])
+                    self._outbox.requeue(self._lane.requeue(batch[i:]))
                 self._lost = f"publish: {mqtt.error_string(info.rc)}"
                 return
             self.fl.handed(info.mid, m)

@@ -66,21 +66,20 @@ def _ok(clients: list[TlsClient], broker: Broker, pki: Pki, name: str) -> TlsCli
     return c
 
 
-def test_valid_device_connects_and_anonymous_is_refused(sbroker: Broker, pki: Pki,
-                                                         clients: list[TlsClient]) -> None:
-    _ok(clients, sbroker, pki, "dev1")
-    anon = _client(clients, sbroker, pki, None, None, cert="dev1")  # valid certificate, no user name
-    rc = anon.connect()
-    assert rc is not None and rc.is_failure, f"anonymous client accepted: {rc}"
-
-
-def test_wrong_password_is_refused(sbroker: Broker, pki: Pki, clients: list[TlsClient]) -> None:
-    bad = _client(clients, sbroker, pki, "dev1", "not-the-password", cert="dev1")
-    rc = bad.connect()
-    assert rc is not None and rc.value in (_BAD_CREDENTIALS, _NOT_AUTHORIZED), rc
-    other = _client(clients, sbroker, pki, "dev1", pki.password("dev2"), cert="dev1")  # B's password
-    rc2 = other.connect()
-    assert rc2 is not None and rc2.is_failure, rc2
+def test_the_certificate_is_the_identity(sbroker: Broker, pki: Pki, clients: list[TlsClient]) -> None:
+    """use_identity_as_username: the CN is the user name. Device 1's certificate with device 2's user
+    name and password (or none at all, or a wrong one) logs in as dev1 and can act only as dev1."""
+    watch = _ok(clients, sbroker, pki, "operator")
+    watch.subscribe("digit-agent/#")
+    for user, password in (("dev2", pki.password("dev2")), (None, None), ("dev1", "not-the-password")):
+        c = _client(clients, sbroker, pki, user, password, cert="dev1")
+        rc = c.connect()
+        assert rc is not None and rc.value == 0, (user, rc)
+        assert c.publish("digit-agent/dev2/result", b"as dev2?") == _NOT_AUTHORIZED, user
+        assert c.publish("digit-agent/dev1/result", user.encode() if user else b"-") == 0, user
+        c.close()
+    assert watch.wait_received("digit-agent/dev1/result", n=3) == [b"dev2", b"-", b"dev1"]
+    assert watch.received("digit-agent/dev2/result") == []
 
 
 def test_no_client_certificate_is_refused(sbroker: Broker, pki: Pki, clients: list[TlsClient]) -> None:
@@ -261,6 +260,56 @@ def test_daemon_over_tls_with_client_certificate(tmp_path: Path, sbroker: Broker
     # Discovery (when the daemon publishes it) must stay under node id dev1, where the ACL allows it.
     discovery = [t for t, _ in mon.r.messages if t.startswith("homeassistant/")]
     assert all(t.split("/")[2] == "dev1" for t in discovery), discovery
+
+
+# What each role may publish (the shipped ACL); everything else on this list is refused for it.
+_WRITES: dict[str, tuple[str, ...]] = {
+    "dev1": ("digit-agent/dev1/result", "digit-agent/dev1/health", "digit-agent/dev1/status",
+             "digit-agent/dev1/digit", "digit-agent/dev1/ota/status", "digit-agent/dev1/ota/request",
+             "homeassistant/device/dev1/config", "homeassistant/sensor/dev1/x/config"),
+    "operator": ("digit-agent/dev1/ota/manifest", "digit-agent/dev1/ota/chunk/j1",
+                 "digit-agent/group/lab/ota/manifest", "digit-agent/ota/chunk/j1", "digit-agent/dev1/cmd"),
+    "homeassistant": ("homeassistant/status", "digit-agent/dev1/cmd"),
+    "monitor": (),
+}
+_NON_DEVICE = ("operator", "monitor", "homeassistant")
+_PROBES = sorted({t for ts in _WRITES.values() for t in ts} | {
+    "digit-agent/dev2/result", "digit-agent/dev2/status", "digit-agent/dev2/ota/status",
+    "homeassistant/device/dev2/config", "homeassistant/sensor/dev2/x/config",
+    # what the device patterns would grant the non-device users under their own names
+    *(f"digit-agent/{u}/{leaf}" for u in _NON_DEVICE for leaf in ("result", "status", "digit", "ota/status")),
+    *(f"homeassistant/{c}/{u}/config" for u in _NON_DEVICE for c in ("device", "sensor"))})
+
+
+@pytest.mark.parametrize("role", sorted(_WRITES))
+def test_every_role_publishes_what_it_may_and_nothing_else(role: str, sbroker: Broker, pki: Pki,
+                                                           clients: list[TlsClient]) -> None:
+    """monitor only reads; operator never publishes what a device or Home Assistant owns; Home
+    Assistant only its birth message and commands; a device only its own topics and discovery."""
+    watch = TlsClient(sbroker, pki, None, None, cert="operator", client_id="watch")  # reads everything
+    clients.append(watch)
+    assert watch.connect() is not None
+    watch.subscribe("digit-agent/#")
+    watch.subscribe("homeassistant/#")
+    c = _ok(clients, sbroker, pki, role)
+    allowed = set(_WRITES[role])
+    got = {t: c.publish(t, f"{role}:{t}".encode()) for t in _PROBES}
+    assert {t for t, rc in got.items() if rc == 0} == allowed, got
+    assert {t for t, rc in got.items() if rc == _NOT_AUTHORIZED} == set(_PROBES) - allowed, got
+    for t in sorted(allowed):
+        assert watch.wait_received(t) == [f"{role}:{t}".encode()], t
+    delivered = {t for t, p in watch.r.messages if p.startswith(f"{role}:".encode())}
+    assert delivered == allowed
+
+
+def test_monitor_reads_the_fleet(sbroker: Broker, pki: Pki, clients: list[TlsClient]) -> None:
+    mon = _ok(clients, sbroker, pki, "monitor")
+    mon.subscribe("digit-agent/#")
+    mon.subscribe("homeassistant/#")
+    dev1 = _ok(clients, sbroker, pki, "dev1")
+    for t in ("digit-agent/dev1/result", "digit-agent/dev1/digit", "homeassistant/device/dev1/config"):
+        assert dev1.publish(t, b"r") == 0
+        assert mon.wait_received(t) == [b"r"], t
 
 
 def _topics_in(conf: Any) -> set[str]:

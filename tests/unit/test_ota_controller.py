@@ -36,6 +36,9 @@ class FakePublisher:
     def publish(self, suffix: str, payload: bytes, qos: int, retain: bool = False) -> None:
         self.published.append((suffix, payload))
 
+    def publish_retained(self, suffix: str, payload: bytes, qos: int = 1, sticky: bool = True) -> None:
+        self.published.append((suffix, payload))
+
     def subscribe(self, topic: str, handler: Any) -> None:
         self.subs[topic] = handler
 

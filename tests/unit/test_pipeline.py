@@ -57,3 +57,24 @@ def test_waiting_frames_run_as_one_batch_and_late_results_say_so(tmp_path: Path)
     for payload in out:
         assert json.loads(payload)["deadline_missed"] is True
     assert ring.pending() == 0 and loop.step(0) == 0 and engine.batches == 1
+
+
+@pytest.mark.parametrize(("frames", "digits", "reported"), [
+    (3, [7, 7, 7, 3, 7, 7, 7, 7, 1, 1, 1, 1], [7, 1]),  # a one-frame 3 is noise; 7 again is no change
+    (1, [7, 7, 3, 3, 7], [7, 3, 7]),
+    (3, [2, 2, 5, 2, 2, 5, 5], []),  # never stable for 3 frames
+    (0, [1, 1, 1, 1], []),  # 0 = off
+])
+def test_digit_reported_on_change_after_debounce(tmp_path: Path, frames: int, digits: list[int],
+                                                 reported: list[int]) -> None:
+    model = LoadedModel.load(make_model(tmp_path / "m.onnx"), card={"version": 1})
+    engine = Engine(model, deadline_ms=1000.0, watchdog_factor=100, stop=threading.Event())
+    got: list[tuple[int, int]] = []
+    loop = InferenceLoop(FrameRing(4, 28, 28), engine, Preprocessor(max_side=28), lambda s, p, q: None, 0, 1,
+                         threading.Event(), on_digit=lambda d, c, seq: got.append((d, seq)), digit_frames=frames)
+    for n, d in enumerate(digits, 1):
+        loop.seq, loop.last_confidence = n, 0.9
+        loop._debounce(d)
+    assert [d for d, _ in got] == reported
+    if reported and frames:  # reported at the frame that completed the run
+        assert digits[got[0][1] - frames:got[0][1]] == [reported[0]] * frames

@@ -206,7 +206,7 @@ class OtaController:
 
     def _publish(self, doc: dict[str, Any]) -> None:
         self._last = doc
-        self._pub.publish("ota/status", json.dumps(doc, separators=(",", ":")).encode(), 1, retain=True)
+        self._pub.publish_retained("ota/status", json.dumps(doc, separators=(",", ":")).encode())
 
     # -- manifest -----------------------------------------------------------------------------
     def _on_manifest(self, envelope: bytes) -> None:
