@@ -134,16 +134,15 @@ class Publisher:
 
     def publish_retained(self, suffix: str, payload: bytes, qos: int = 1, sticky: bool = True) -> None:
         """Set this device's retained state on ``suffix`` (the retained lane, see
-        :mod:`agent.publish.retained`): sent before any queued result, never dropped by an outbox
-        overflow, a newer payload replaces one still waiting, and a ``sticky`` one is sent again
-        after every new connection. Never blocks, never raises."""
+        :mod:`agent.publish.retained`): sent in order before any queued result, never dropped by
+        an outbox overflow, and a ``sticky`` topic's newest payload is sent again after every new
+        connection. Never blocks, never raises."""
         topic = self._checked_topic(suffix, qos)
         if topic is None:
             return
         with self._lock:
             self._lane.put(Retained(topic, payload, qos, True), sticky)
-            self._wake_pending = True
-        self._wake()
+        self.kick()
 
     def _checked_topic(self, suffix: str, qos: int) -> Optional[str]:
         try:
@@ -249,13 +248,13 @@ class Publisher:
         with self._lock:
             produced, queued, dropped = self._outbox.pushed, len(self._outbox), self._outbox.dropped
             rejected = self._rejected
-            retained_queued, retained_replaced = len(self._lane), self._lane.replaced
+            retained_queued, retained_coalesced = len(self._lane), self._lane.coalesced
         s = self._session
         return {
             "connected": s.connected, "state": s.state, "connects": s.connects,
             "reconnects": max(0, s.connects - 1), "connect_failures": s.failures,
             "produced": produced, "queued": queued, "inflight": s.inflight, "dropped": dropped,
-            "retained_queued": retained_queued, "retained_replaced": retained_replaced,
+            "retained_queued": retained_queued, "retained_coalesced": retained_coalesced,
             "rejected": rejected + s.fl.rejected, "sent": s.fl.sent, "acked": s.fl.acked,
             "rx": self._dispatch.received, "rx_dropped": self._dispatch.dropped,
             "handler_errors": self._dispatch.errors, "loop_restarts": s.loop_restarts,
