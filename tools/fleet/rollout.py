@@ -32,7 +32,7 @@ from agent.control.ota.store import atomic_write
 from agent.inference.model import read_card
 from tools.fleet.common import add_broker_args, connection
 from tools.fleet.plan import RolloutState, make_stages
-from tools.ota.package import PackageSpec, build_manifest, load_private_key, sign
+from tools.ota.package import PackageSpec, build_manifest, load_payload, load_private_key, sign
 from tools.ota.push import Pusher, connect, read_manifest
 
 __all__ = ["add_args", "package", "run"]
@@ -69,12 +69,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def package(model_path: str, key_path: str, job: str, version: int, args: argparse.Namespace) -> bytes:
-    """Build and sign an envelope with tools.ota's packaging; the model card beside the model goes along."""
+    """Build and sign an envelope with tools.ota's packaging; the model card beside the model goes along
+    (a model card with variants as ``model_path``: every variant in one job)."""
     key = load_private_key(Path(key_path))
-    model = Path(model_path).read_bytes()
+    payload = load_payload(Path(model_path))
     spec = PackageSpec(job=job, version=version, chunk_size=args.chunk_size, min_accuracy=args.min_accuracy,
-                       max_p99_ms=args.max_p99_ms, card=read_card(Path(model_path)))
-    return sign(build_manifest(model, spec, keyid_of(raw_public(key.public_key()))), [key])
+                       max_p99_ms=args.max_p99_ms, card=payload.card or read_card(Path(model_path)),
+                       variants=payload.variants)
+    return sign(build_manifest(payload.data, spec, keyid_of(raw_public(key.public_key()))), [key])
 
 
 def _targets(args: argparse.Namespace) -> list[str]:
@@ -192,7 +194,7 @@ def _rollback(args: argparse.Namespace, state: RolloutState) -> None:
         state.rollback = {"devices": devices, "outcome": {},
                           "note": "not rolled back: give --rollback-model and --key"}
         return
-    model = Path(args.rollback_model).read_bytes()
+    model = load_payload(Path(args.rollback_model)).data
     job, version = f"{state.job}-rb", state.version + 1
     envelope = package(args.rollback_model, args.key, job, version, args)
     rb = RolloutState(job=job, version=version, model_sha256=hashlib.sha256(model).hexdigest(),
@@ -239,7 +241,7 @@ def _execute(args: argparse.Namespace, state: RolloutState, envelope: bytes, mod
 def run(args: argparse.Namespace) -> int:
     """Exit codes: 0 done without failures, 1 aborted or done with failures, 2 usage/broker error."""
     try:
-        model = Path(args.model).read_bytes()
+        model = load_payload(Path(args.model)).data
         state, envelope = _load_or_plan(args, model)
         if state.result == "running":
             _execute(args, state, envelope, model)
