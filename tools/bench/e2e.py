@@ -96,7 +96,7 @@ def _daemon(opts: E2EOptions, broker: Broker, name: str, cpus: Optional[set[int]
             **sections: dict[str, Any]) -> Iterator[AgentProcess]:
     d = opts.work / name
     d.mkdir(parents=True, exist_ok=True)
-    inference = {"model": str(opts.models_dir / "digit_int8.onnx"), "golden": str(opts.models_dir / "golden.npz"),
+    inference = {"model": str(daemon_model(opts)), "golden": str(opts.models_dir / "golden.npz"),
                  "deadline_ms": _DEADLINE_MS, **sections.pop("inference", {})}
     if opts.min_accuracy is not None:
         inference["selftest_min_accuracy"] = opts.min_accuracy
@@ -114,6 +114,11 @@ def _daemon(opts: E2EOptions, broker: Broker, name: str, cpus: Optional[set[int]
         yield agent
     finally:
         agent.stop(30)
+
+
+def daemon_model(opts: E2EOptions) -> Path:
+    """What ``inference.model`` names in every daemon this benchmark starts."""
+    return opts.models_dir / "digit_int8.onnx"
 
 
 def _cpu_s(proc: psutil.Process) -> float:

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import psutil
 
 from tests.helpers.broker import Broker, Collector
-from tools.bench.e2e import E2EOptions, _cpu_s, _daemon, _one_core
+from tools.bench.e2e import E2EOptions, _cpu_s, _daemon, _one_core, daemon_model
 from tools.bench.machine import load_average
 
 __all__ = ["run_perframe"]
@@ -58,8 +58,16 @@ def _window(proc: psutil.Process, tap: _Count, seconds: float) -> dict[str, floa
             "cpu_us_per_frame": round((cpu1 - cpu0) * 1e6 / frames, 2)}
 
 
-def _naive(opts: E2EOptions, broker: Broker, cpus: Optional[set[int]]) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "tools.bench.naive_peer", str(opts.models_dir / "digit_int8.onnx"),
+def served_file(opts: E2EOptions) -> Path:
+    """The model file the daemon serves on this host (its own choice when the model is a set of
+    variants): the naive script and the hot loops run that same file."""
+    from tools.bench.variants import served_variant
+
+    return served_variant(daemon_model(opts))[1].resolve()
+
+
+def _naive(opts: E2EOptions, model: Path, broker: Broker, cpus: Optional[set[int]]) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "tools.bench.naive_peer", str(model),
            str(opts.models_dir / "golden.npz"), broker.host, str(broker.port), _NAIVE_TOPIC]
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if cpus:
@@ -67,8 +75,8 @@ def _naive(opts: E2EOptions, broker: Broker, cpus: Optional[set[int]]) -> subpro
     return p
 
 
-def _hotloop(opts: E2EOptions, cpu: Optional[int], seconds: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "tools.bench.hotloop", "--model", str(opts.models_dir / "digit_int8.onnx"),
+def _hotloop(opts: E2EOptions, model: Path, cpu: Optional[int], seconds: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "tools.bench.hotloop", "--model", str(model),
            "--frames", str(opts.models_dir / "golden.npz"), "--rounds", "1", "--seconds", str(seconds)]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
@@ -86,6 +94,7 @@ def run_perframe(opts: E2EOptions, broker: Broker, rounds: int, window_s: float,
                  piece_s: float) -> dict[str, Any]:
     cpus = _one_core()
     cpu = min(cpus) if cpus else None
+    model = served_file(opts)
     d_tap, n_tap = _Count(broker, _DAEMON_TOPIC), _Count(broker, _NAIVE_TOPIC)
     naive: Optional[subprocess.Popen[bytes]] = None
     daemon_rows: list[dict[str, Any]] = []
@@ -97,7 +106,7 @@ def run_perframe(opts: E2EOptions, broker: Broker, rounds: int, window_s: float,
                      health={"interval_s": 10.0}) as agent:
             dproc = psutil.Process(agent.proc.pid)
             dproc.send_signal(signal.SIGSTOP)
-            naive = _naive(opts, broker, cpus)
+            naive = _naive(opts, model, broker, cpus)
             nproc = psutil.Process(naive.pid)
             deadline = time.monotonic() + 60
             while not n_tap.count and time.monotonic() < deadline and naive.poll() is None:
@@ -110,7 +119,7 @@ def run_perframe(opts: E2EOptions, broker: Broker, rounds: int, window_s: float,
                 log.info("per frame: round %d/%d (daemon, naive script, hot loops)", r + 1, rounds)
                 daemon_rows.append(_window(dproc, d_tap, window_s))
                 naive_rows.append(_window(nproc, n_tap, window_s))
-                hot.append(_hotloop(opts, cpu, piece_s))
+                hot.append(_hotloop(opts, model, cpu, piece_s))
             dproc.send_signal(signal.SIGCONT)
     finally:
         if naive is not None:
@@ -122,6 +131,7 @@ def run_perframe(opts: E2EOptions, broker: Broker, rounds: int, window_s: float,
     lat = [h["inference_latency"] for h in hot]
     return {
         "rounds": rounds, "window_s": window_s, "pinned_cpus": sorted(cpus) if cpus else None,
+        "model": model.name,
         "daemon": {"cpu_us_per_frame": _median(daemon_rows, "cpu_us_per_frame"),
                    "frames_per_s": _median(daemon_rows, "frames_per_s"), "rounds": daemon_rows},
         "naive": {"cpu_us_per_frame": _median(naive_rows, "cpu_us_per_frame"),
