@@ -115,6 +115,7 @@ def alternate(trees: dict[str, Path], work: Path, rounds: int, window: float) ->
     from tools.bench.perframe import _Count, _naive, _window
 
     cpus = _one_core()
+    work.mkdir(parents=True, exist_ok=True)
     broker = Broker(work).start()
     procs: dict[str, Any] = {}
     taps: dict[str, Any] = {}
