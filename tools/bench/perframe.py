@@ -45,17 +45,27 @@ class _Count(Collector):
         self.count += 1
 
 
+def _thread_cpu(proc: psutil.Process) -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in proc.threads()}
+
+
 def _window(proc: psutil.Process, tap: _Count, seconds: float) -> dict[str, float]:
-    """Let ``proc`` run alone for ``seconds`` (after a settle); CPU µs per result it delivered."""
+    """Let ``proc`` run alone for ``seconds`` (after a settle); CPU µs per result it delivered, split
+    into its main thread and the others, with the involuntary context switches per frame (other
+    processes taking the core: the main source of noise on a shared host)."""
     proc.send_signal(signal.SIGCONT)
     time.sleep(0.4)  # back on the core, connection and caches warm again
-    t0, c0, cpu0 = time.monotonic(), tap.count, _cpu_s(proc)
+    t0, c0, cpu0, th0, sw0 = time.monotonic(), tap.count, _cpu_s(proc), _thread_cpu(proc), proc.num_ctx_switches()
     time.sleep(seconds)
-    t1, c1, cpu1 = time.monotonic(), tap.count, _cpu_s(proc)
+    t1, c1, cpu1, th1, sw1 = time.monotonic(), tap.count, _cpu_s(proc), _thread_cpu(proc), proc.num_ctx_switches()
     proc.send_signal(signal.SIGSTOP)
     frames = max(c1 - c0, 1)
+    main = th1.get(proc.pid, 0.0) - th0.get(proc.pid, 0.0)
     return {"frames": c1 - c0, "frames_per_s": round(frames / (t1 - t0), 1),
-            "cpu_us_per_frame": round((cpu1 - cpu0) * 1e6 / frames, 2)}
+            "cpu_us_per_frame": round((cpu1 - cpu0) * 1e6 / frames, 2),
+            "main_thread_us_per_frame": round(main * 1e6 / frames, 2),
+            "other_threads_us_per_frame": round((cpu1 - cpu0 - main) * 1e6 / frames, 2),
+            "preempted_per_frame": round((sw1.involuntary - sw0.involuntary) / frames, 3)}
 
 
 def served_file(opts: E2EOptions) -> Path:
@@ -133,9 +143,15 @@ def run_perframe(opts: E2EOptions, broker: Broker, rounds: int, window_s: float,
         "rounds": rounds, "window_s": window_s, "pinned_cpus": sorted(cpus) if cpus else None,
         "model": model.name,
         "daemon": {"cpu_us_per_frame": _median(daemon_rows, "cpu_us_per_frame"),
-                   "frames_per_s": _median(daemon_rows, "frames_per_s"), "rounds": daemon_rows},
+                   "frames_per_s": _median(daemon_rows, "frames_per_s"),
+                   "main_thread_us_per_frame": _median(daemon_rows, "main_thread_us_per_frame"),
+                   "other_threads_us_per_frame": _median(daemon_rows, "other_threads_us_per_frame"),
+                   "least_preempted_round": min(daemon_rows, key=lambda r: r["preempted_per_frame"]),
+                   "rounds": daemon_rows},
         "naive": {"cpu_us_per_frame": _median(naive_rows, "cpu_us_per_frame"),
-                  "frames_per_s": _median(naive_rows, "frames_per_s"), "rounds": naive_rows},
+                  "frames_per_s": _median(naive_rows, "frames_per_s"),
+                  "least_preempted_round": min(naive_rows, key=lambda r: r["preempted_per_frame"]),
+                  "rounds": naive_rows},
         "pieces_cpu_us": pieces,
         "inference_p50_us": round(float(np.median([x["p50_us"] for x in lat])), 2),
         "inference_p99_us": round(float(np.median([x["p99_us"] for x in lat])), 2),

@@ -181,6 +181,10 @@ def perframe_table(e2e: dict[str, Any]) -> str:
     sub = (e2e.get("serial_100fps") or {}).get("frame_to_subscriber") or {}
     rows: list[list[Any]] = [
         ["daemon, QoS 0 flat out (replay)", pf["daemon"]["cpu_us_per_frame"], pf["daemon"]["frames_per_s"]],
+        ["… its main thread (ring, preprocess, inference, encode, send)", pf["daemon"].get("main_thread_us_per_frame"),
+         None],
+        ["… its other threads (replay source, MQTT loop, health)", pf["daemon"].get("other_threads_us_per_frame"),
+         None],
         ["naive script (ORT 1 thread, numpy, json.dumps, paho)", pf["naive"]["cpu_us_per_frame"],
          pf["naive"]["frames_per_s"]],
         ["bare inference, served model, hot loop (batch 1)", inf, None],
@@ -192,9 +196,15 @@ def perframe_table(e2e: dict[str, Any]) -> str:
         rows.append(["serial decoder, the cobs package (reference)", p["serial_decode_cobs_package"], None])
     for r in rows:
         r.append(round(float(r[1]) / inf, 2) if r[1] is not None and inf else None)
-    text = (f"\nSide by side on CPU {pf['pinned_cpus']}: {pf['rounds']} rounds of {pf['window_s']} s each, "
-            f"medians. Hot-loop inference p50 {pf['inference_p50_us']} µs, p99 {pf['inference_p99_us']} µs; "
-            f"frame→subscriber p99 over the pty at 100 fps: {sub.get('p99_us')} µs.\n\n")
+    text = (f"\nSide by side on CPU {pf['pinned_cpus']}, model file {pf.get('model')}: {pf['rounds']} rounds of "
+            f"{pf['window_s']} s each, medians. Hot-loop inference p50 {pf['inference_p50_us']} µs, p99 "
+            f"{pf['inference_p99_us']} µs; frame→subscriber p99 over the pty at 100 fps: {sub.get('p99_us')} µs.\n")
+    quiet = [(who, pf[who].get("least_preempted_round")) for who in ("daemon", "naive")]
+    if all(q for _, q in quiet):
+        text += ("Least disturbed round (fewest involuntary context switches per frame: other processes taking "
+                 "the core): " + "; ".join(f"{who} {q['cpu_us_per_frame']} µs/frame at {q['preempted_per_frame']} "
+                                             "preemptions/frame" for who, q in quiet) + ".\n")
+    text += "\n"
     return text + _table(["per frame", "CPU µs", "frames/s", "× bare inference"],
                          [[r[0], r[1], r[2], r[3]] for r in rows])
 
