@@ -286,10 +286,10 @@ def test_bootstrap_dev_fails_when_packages_cannot_be_installed(tmp_path: Path, a
 def test_bootstrap_dev_goes_on_when_everything_is_there(tmp_path: Path) -> None:
     rc, err, calls = bootstrap(tmp_path, "dev", 100, present=DEV_COMMANDS)
     assert rc == 0 and "ready" in err, err
-    assert "apt-get" not in calls and "pip install -q --disable-pip-version-check -e .[dev,train,bench]" in calls
+    assert "apt-get" not in calls and "pip install --disable-pip-version-check -e .[dev,train,bench]" in calls
 
 
 def test_bootstrap_runtime_stays_lenient(tmp_path: Path) -> None:
     rc, err, calls = bootstrap(tmp_path, "runtime", 100)  # mosquitto_sub is never in /usr/sbin
     assert rc == 0 and "continuing without" in err and "ready" in err, err
-    assert "pip install -q --disable-pip-version-check -e ." in calls
+    assert "pip install --disable-pip-version-check -e ." in calls
