@@ -77,4 +77,6 @@ def load_preferred(models: ModelSet, batch_max: int, pin: str = AUTO, state_dir:
     v = next((v for v in models.variants if v.name == name), models.variants[0])
     model = LoadedModel.load(v.path, batch_max, v.card)
     model.variant = v.name
+    how = "pinned" if pin != AUTO else ("cached" if v.name == name else "first listed (no measurement here)")
+    model.choice = {"variant": v.name, "how": how, "p50_us": {}, "refused": {}}
     return model

@@ -193,3 +193,17 @@ def test_a_variant_whose_file_differs_from_its_card_is_refused(variant_set: Path
     rows = {r.name: r for r in c.rows}
     assert rows["fp32"].verdict == "refused: digit.fp32.onnx: sha256 differs from the card's"
     assert c.model.variant == "int8" and c.how == "only"
+
+
+def test_load_preferred_follows_pin_then_cache_then_the_card_order(variant_set: Path, tmp_path: Path) -> None:
+    from agent.inference.serving import load_preferred
+
+    models = read_model_set(variant_set)
+    first = models.variants[0].name
+    assert load_preferred(models, 1, state_dir=str(tmp_path)).choice["how"].startswith("first listed")
+    assert load_preferred(models, 1, state_dir=str(tmp_path)).variant == first
+    judge, frame = _judge(variant_set)
+    c = choose_variant(models, judge, frame, 1, seconds_each=0.01, state_dir=str(tmp_path))  # writes the cache
+    cached = load_preferred(models, 1, state_dir=str(tmp_path))  # no gate, no timing: what was chosen here
+    assert (cached.variant, cached.choice["how"]) == (c.model.variant, "cached")
+    assert load_preferred(models, 1, pin="tiny").variant == "tiny"  # a pin is obeyed as given
