@@ -91,7 +91,7 @@ class Bench:
             base.setdefault(name, {}).update(values)
         self.cfg_path = write_config(tmp / "agent.toml", broker, **base)
         self.watch = Collector(broker, "digit-agent/dev1/ota/status", "digit-agent/dev1/result",
-                               "digit-agent/dev1/ota/request")
+                               "digit-agent/dev1/ota/request", "digit-agent/dev1/ota/reply")
         self.conn = Connection(broker.host, broker.port, client_id="operator")
 
     @property

@@ -175,8 +175,14 @@ def test_anti_rollback_replay_and_expiry(bench: Bench, device: Device) -> None:
     assert same["state"] == "rejected" and "not newer than 2" in same["reason"]
     lower = _push_and_wait(bench, bench.envelope(model_bytes("good", tag=9), 1, job="old-v1"), V2, "old-v1")
     assert lower["state"] == "rejected" and "not newer" in lower["reason"]
-    replay = _push_and_wait(bench, bench.envelope(V2, 2), V2, "job-v2")  # the very same job again
+    # The very same job again: refused on ota/reply; the retained ota/status is left as it was.
+    before = bench.statuses()[-1]
+    p = bench.push(bench.envelope(V2, 2), V2)
+    assert bench.watch.wait_for(lambda c: bool(c.on("/ota/reply")), 20)
+    p.close()
+    replay = bench.watch.on("/ota/reply")[-1].json()
     assert replay["state"] == "rejected" and "replayed job job-v2" in replay["reason"]
+    assert bench.statuses()[-1] == before and not bench.watch.on("/ota/reply")[-1].retain
     v3 = model_bytes("good", tag=3)
     expired = bench.envelope(v3, 3, created=int(time.time()) - 100, ttl_s=10)
     done = _push_and_wait(bench, expired, v3, None)

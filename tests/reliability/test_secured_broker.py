@@ -266,6 +266,7 @@ def test_daemon_over_tls_with_client_certificate(tmp_path: Path, sbroker: Broker
 _WRITES: dict[str, tuple[str, ...]] = {
     "dev1": ("digit-agent/dev1/result", "digit-agent/dev1/health", "digit-agent/dev1/status",
              "digit-agent/dev1/digit", "digit-agent/dev1/ota/status", "digit-agent/dev1/ota/request",
+             "digit-agent/dev1/ota/reply",
              "homeassistant/device/dev1/config", "homeassistant/sensor/dev1/x/config"),
     "operator": ("digit-agent/dev1/ota/manifest", "digit-agent/dev1/ota/chunk/j1",
                  "digit-agent/group/lab/ota/manifest", "digit-agent/ota/chunk/j1", "digit-agent/dev1/cmd"),

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agent.config.schema import OtaConfig
+
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "digit_int8.onnx"
 CARD = REPO / "models" / "digit_int8.card.json"
@@ -29,7 +31,7 @@ def test_card_describes_the_file(card: dict[str, Any]) -> None:
     assert card["sha256"] == hashlib.sha256(blob).hexdigest()
     assert card["size_bytes"] == len(blob)
     assert isinstance(card["version"], int) and card["version"] >= 1
-    assert card["family"] == "mnist-digit"
+    assert card["family"] == "digit-28x28" == OtaConfig().family  # a device accepts its own shipped model
     assert card["input"] == {"name": "input", "shape": ["N", 1, 28, 28], "dtype": "float32"}
     assert card["output"] == {"name": "probs", "shape": ["N", 10], "dtype": "float32"}
     assert card["opset"] <= 17

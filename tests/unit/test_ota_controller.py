@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.config import parse_config
 from agent.control.ota import OtaController
 from agent.control.ota import store as store_mod
+from agent.control.ota.keys import keyid_of, load_keyring, raw_public
 from agent.control.ota.transfer import encode_chunk
 from agent.inference import Engine, LoadedModel
 from tests.helpers.ota import CARD, disk_full, envelope, model_bytes, no_space, write_golden, write_pub
@@ -199,3 +200,55 @@ def test_progress_save_failing_on_the_last_chunk_fails_once_and_installs_nothing
     assert "saving download progress failed" in rig.last("job-v2")["reason"]
     assert not {"verifying", "testing", "committed"} & set(states), states  # activation never ran
     assert rig.engine.model.version == 1 and rig.ota._dl is None
+
+
+# OTA status tells the truth ----------------------------------------------------------------------
+def _commit(rig: Rig, model: bytes, version: int, **spec: Any) -> dict[str, Any]:
+    rig.ota._on_manifest(env := rig.envelope(model, version, **spec))
+    rig.send_chunks(f"job-v{version}", model)
+    rig.ota._tick()  # test_window_s = 0: the window has passed
+    rig.env = env  # type: ignore[attr-defined]
+    return rig.last(f"job-v{version}")
+
+
+def test_replayed_envelope_leaves_the_serving_jobs_status_and_replies_apart(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, _serving(1))
+    done = _commit(rig, model_bytes("good", tag=2), 2)
+    assert done["state"] == "committed", done
+    rig.ota._on_manifest(rig.env)  # type: ignore[attr-defined]  # the very same envelope again
+    assert rig.last() == done  # ota/status (retained) still says job-v2 committed
+    (reply,) = [json.loads(p) for s, p in rig.pub.published if s == "ota/reply"]
+    assert (reply["state"], reply["job"], reply["reason"]) == ("rejected", "job-v2", "replayed job job-v2 ignored")
+
+
+def test_after_commit_health_names_the_installed_file(tmp_path: Path) -> None:
+    """health.model.path once pointed at the deleted state/download/<job>.part."""
+    rig = Rig(tmp_path, _serving(1))
+    assert _commit(rig, model_bytes("good", tag=2), 2)["state"] == "committed"
+    path = Path(rig.engine.model.path)
+    assert path.is_file() and path.parent == tmp_path / "state" / "slots", path
+    assert not list((tmp_path / "state").rglob("*.part"))
+
+
+def test_revoking_the_only_trusted_key_is_refused_and_said(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, _serving(1))
+    kid = keyid_of(raw_public(rig.key.public_key()))
+    done = _commit(rig, model_bytes("good", tag=2), 2, keys_revoke=[kid])
+    assert done["state"] == "committed", done
+    assert f"refused revoking {kid} (it would leave no trusted key)" in done["reason"], done
+    assert kid in load_keyring(str(tmp_path / "keys"), str(tmp_path / "state"))  # still trusted
+
+
+def test_chunks_dropped_in_a_full_queue_are_named_in_the_reason(tmp_path: Path) -> None:
+    v2 = model_bytes("good", tag=2)
+    rig = Rig(tmp_path, _serving(1))
+    rig.ota._on_manifest(rig.envelope(v2, 2))
+    while not rig.ota._q.full():  # the worker is not running: the queue fills as on a busy device
+        rig.ota._q.put_nowait(("cmd", "x", b""))
+    rig.ota._on_chunk_msg(CHUNK_TOPIC.format("job-v2"), encode_chunk(0, 1, v2[:CHUNK]))
+    rig.ota._on_chunk_msg(CHUNK_TOPIC.format("job-v2"), encode_chunk(0, 1, v2[:CHUNK]))
+    assert rig.ota._dl is not None
+    rig.ota._dl.progress(force=True)
+    doc = rig.last("job-v2")
+    assert doc["state"] == "downloading" and doc["dropped_chunks"] == 2, doc
+    assert doc["reason"] == "2 chunk(s) dropped (the device's OTA queue was full); asked for again", doc

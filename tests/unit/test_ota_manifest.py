@@ -103,6 +103,7 @@ def test_second_signature_by_trusted_key_suffices(key: Ed25519PrivateKey) -> Non
     ({"chunks": {"size": 16384, "sha256": ["0" * 64]}}, "chunk hashes for"),
     ({"gate": {"min_accuracy": float("nan"), "max_p99_ms": 5}}, "min_accuracy"),
     ({"keys_revoke": ["xyz"]}, "keys_revoke"),
+    ({"card": {"family": "mnist-digit"}}, "card family 'mnist-digit' differs from the manifest's 'digit-28x28'"),
 ])
 def test_invalid_fields_refused(key: Ed25519PrivateKey, override: dict[str, object], reason: str) -> None:
     env = _envelope(key, overrides=override)

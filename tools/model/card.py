@@ -12,7 +12,7 @@ import onnx
 
 __all__ = ["CARD_FAMILY", "file_sha256", "model_io", "write_card", "write_golden"]
 
-CARD_FAMILY = "mnist-digit"
+CARD_FAMILY = "digit-28x28"  # = the default ota.family: devices refuse a card of another family
 
 
 def file_sha256(path: Path) -> str:

@@ -132,6 +132,8 @@ def build_manifest(model: bytes, spec: PackageSpec, keyid: str) -> bytes:
     opset = 0
     if spec.variants and model != bundle(spec.variants):
         raise ValueError("model must be bundle(spec.variants) for a multi-variant job")
+    if spec.card.get("family", spec.family) != spec.family:  # the device refuses such a manifest
+        raise ValueError(f"the model card's family {spec.card['family']!r} differs from --family {spec.family!r}")
     if "requires" not in spec.overrides:  # (tests replace it for a model onnxruntime cannot open)
         inp, out, opset = model_io(spec.variants[0][1] if spec.variants else model)
     created = int(time.time()) if spec.created is None else spec.created

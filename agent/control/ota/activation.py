@@ -105,6 +105,8 @@ class Activation:
             self._store.write_state(state)
         except OSError as exc:
             return self._end("failed", m, f"installing into slot {slot} failed: {exc}")
+        # The gate loaded it from the download (deleted below): name the installed file it serves from.
+        model.path = self._store.variant_path(slot, model.variant) if m.variants else self._store.slot_path(slot)
         self._test_pause("installed")
         previous = self._engine.model
         if not self._swap(model):
@@ -177,17 +179,18 @@ class Activation:
             return []
         try:
             body, sigs = parse_envelope(t.envelope, len(t.envelope))
-            proven = {}
+            proven, refused = {}, []
             for kid, raw in t.m.keys_add:
                 pub = Ed25519PublicKey.from_public_bytes(raw)
                 if keyid_of(raw) == kid and any(s.keyid == kid and _verifies(pub, s.sig, body) for s in sigs):
                     proven[kid] = raw
                 else:
-                    _log.error("OTA: key %s not added: it did not sign the manifest", kid)
-            return save_rotation(self._cfg.ota.trusted_keys, self._cfg.ota.state_dir, proven, t.m.keys_revoke)
+                    refused.append(f"not added {kid} (it did not sign the manifest)")
+            return save_rotation(self._cfg.ota.trusted_keys, self._cfg.ota.state_dir, proven,
+                                 t.m.keys_revoke) + refused
         except (ManifestError, ValueError, OSError) as exc:
             _log.error("OTA: key rotation not applied: %s", exc)
-            return []
+            return [f"rotation not applied ({exc})"]
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _enter(self, phase: str, m: Manifest, note: str = "") -> None:

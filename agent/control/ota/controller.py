@@ -60,7 +60,7 @@ class OtaController:
         self._chunk_subs: set[str] = set()
         self._thread: Optional[threading.Thread] = None
         self._counters = {"manifests": 0, "rejected": 0, "chunks": 0, "chunks_rejected": 0,
-                          "chunks_dropped": 0, "requests": 0, "committed": 0, "rolled_back": 0}
+                          "chunks_dropped": 0, "requests": 0, "committed": 0, "rolled_back": 0, "replies": 0}
         self._prefix = cfg.mqtt.topic_prefix
         self._last: dict[str, Any] = {}  # the last ota/status document (health shows it too)
         self._latest: Optional[tuple[Manifest, bytes]] = None  # newest verified manifest seen
@@ -208,6 +208,13 @@ class OtaController:
         self._last = doc
         self._pub.publish_retained("ota/status", json.dumps(doc, separators=(",", ":")).encode())
 
+    def _reply(self, doc: dict[str, Any]) -> None:
+        """A refusal that must not replace the retained status (the state of the job that serves or
+        last ended): said once, not retained, on ``ota/reply``."""
+        self._counters["replies"] += 1
+        _log.warning("OTA %s job=%s: %s", doc["state"], doc["job"], doc["reason"])
+        self._pub.publish("ota/reply", json.dumps(doc, separators=(",", ":")).encode(), 1)
+
     # -- manifest -----------------------------------------------------------------------------
     def _on_manifest(self, envelope: bytes) -> None:
         assert self._store is not None and self._act is not None
@@ -221,14 +228,14 @@ class OtaController:
             self._latest = (m, envelope)
         busy = self._act.busy()
         if busy is not None:
-            _log.warning("OTA: job %s ignored, busy with %s", m.job, busy)
+            self._reply(status_doc("rejected", m.job, m.version, f"job {m.job} ignored: busy with {busy}"))
             return
         if self._dl is not None and self._dl.m.job == m.job:
             self._dl.request(force=True)  # the operator re-pushed: tell it what is missing
             return
         state = self._store.read_state()
-        if m.job in state.seen_jobs:
-            self._report(status_doc("rejected", m.job, m.version, f"replayed job {m.job} ignored"))
+        if m.job in state.seen_jobs:  # the retained status keeps telling what serves (or how it ended)
+            self._reply(status_doc("rejected", m.job, m.version, f"replayed job {m.job} ignored"))
             return
         current = self._floor(state.committed_version, state.pending.version if state.pending else 0)
         if m.version <= current:

@@ -54,6 +54,7 @@ class Download:
         self.m, self.envelope = m, envelope
         self.bitmap = Bitmap.from_bytes(bits, m.chunk_count)
         self.rejected_chunks = 0
+        self._dropped0 = counters["chunks_dropped"]  # chunks lost in the device's full OTA queue before this job
         self._store, self._ota, self._pub, self._report, self._counters = store, ota, pub, report, counters
         now = time.monotonic()
         self._last_chunk, self._last_sync = now, now
@@ -105,8 +106,12 @@ class Download:
             self._unsynced, self._last_sync = 0, now
         if force or now - self._last_progress >= _PROGRESS_EVERY_S:
             self._last_progress = now
-            self._report(status_doc("downloading", self.m.job, self.m.version, "", self.fraction,
-                                    rejected_chunks=self.rejected_chunks))
+            dropped = self._counters["chunks_dropped"] - self._dropped0
+            notes = [f"{self.rejected_chunks} bad chunk(s) refused"] if self.rejected_chunks else []
+            notes += [f"{dropped} chunk(s) dropped (the device's OTA queue was full)"] if dropped else []
+            reason = "; ".join(notes) + ("; asked for again" if notes else "")
+            self._report(status_doc("downloading", self.m.job, self.m.version, reason, self.fraction,
+                                    rejected_chunks=self.rejected_chunks, dropped_chunks=dropped))
 
     def request(self, force: bool = False) -> None:
         """Ask for the missing chunks: at once if forced, else after ``stall_s`` without progress."""

@@ -116,12 +116,14 @@ def load_keyring(trusted_dir: str, state_dir: str = "") -> KeyRing:
 
 
 def save_rotation(trusted_dir: str, state_dir: str, add: dict[str, bytes], revoke: tuple[str, ...]) -> list[str]:
-    """Merge key additions (keyid → raw key) and revocations into ``keys.json``; returns what changed.
-    A revocation that would leave no trusted key at all is refused (it would brick OTA for good)."""
+    """Merge key additions (keyid → raw key) and revocations into ``keys.json``; returns what changed
+    and what was refused, for the status reason. A revocation that would leave no trusted key at all
+    is refused (it would brick OTA for good)."""
     from agent.control.ota.store import atomic_write  # store imports nothing from here; avoid a cycle
 
     added, revoked = _read_rotation(Path(state_dir))
-    changes = []
+    changes: list[str] = []
+    refused: list[str] = []
     for kid, raw in add.items():
         if kid not in added:
             added[kid] = base64.b64encode(raw).decode("ascii")
@@ -134,7 +136,8 @@ def save_rotation(trusted_dir: str, state_dir: str, add: dict[str, bytes], revok
             changes += [f"revoked {k}" for k in new_revoked]
         else:
             _log.error("key rotation refused: revoking %s would leave no trusted key", new_revoked)
+            refused.append(f"refused revoking {', '.join(new_revoked)} (it would leave no trusted key)")
     if changes:
         doc = {"added": added, "revoked": revoked}
         atomic_write(Path(state_dir) / ROTATION_FILE, json.dumps(doc, indent=1).encode("utf-8"))
-    return changes
+    return changes + refused

@@ -322,6 +322,9 @@ def parse_manifest(body: bytes, limits: Limits) -> Manifest:
     card = f.obj("card")._obj if "card" in f._obj else {}
     if len(json.dumps(card)) > _MAX_CARD:
         raise ManifestError("invalid manifest: card too large")
+    if "family" in card and card["family"] != family:
+        raise ManifestError(f"invalid manifest: card family {card['family']!r} differs from the manifest's "
+                            f"{family!r}")
     revoke = f.items("keys_revoke", 16, [])
     if not all(isinstance(k, str) and _KEYID.match(k) for k in revoke):
         raise ManifestError("invalid manifest: keys_revoke items must be key ids")
