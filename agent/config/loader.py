@@ -75,7 +75,8 @@ def parse_config(text: str, filename: str = "<config>", overrides: Iterable[str]
     if problems:
         raise ConfigError(problems)
     cfg = Config(**sections, source_file=filename)
-    _cross_checks(cfg, ctx)
+    mqtt_raw = raw.get("mqtt")
+    _cross_checks(cfg, ctx, set(mqtt_raw) if isinstance(mqtt_raw, dict) else set())
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -227,7 +228,9 @@ def _check_tuple(item_type: Any, value: Any, meta: Mapping[str, Any], kp: tuple[
             ctx.error((*kp[:-1], f"{kp[-1]}[{i}]"), f"expected {item_type.__name__}, got {_tname(v)}")
             return _INVALID
         if item_pattern and not re.fullmatch(item_pattern, v):
-            ctx.error((*kp[:-1], f"{kp[-1]}[{i}]"), f"{v!r} does not match {item_pattern}")
+            rule = meta.get("rule")
+            ctx.error((*kp[:-1], f"{kp[-1]}[{i}]"),
+                      f"{v!r} is not allowed: {rule}" if rule else f"{v!r} does not match {item_pattern}")
             return _INVALID
         items.append(v)
     return tuple(items)
@@ -256,8 +259,10 @@ def _resolve_path(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
+def _cross_checks(cfg: Config, ctx: _Ctx, mqtt_keys: set[str]) -> None:
+    """``mqtt_keys``: the keys the file and the overrides set in [mqtt] (defaults are not mixing)."""
     m, s = cfg.mqtt, cfg.source
+    _broker_checks(cfg, ctx, mqtt_keys)
     if cfg.device.id in RESERVED_DEVICE_IDS:
         ctx.error(("device", "id"), f"{cfg.device.id!r} is reserved: {', '.join(RESERVED_DEVICE_IDS)} are "
                   "fleet-wide topic levels or broker user names")
@@ -292,6 +297,27 @@ def _cross_checks(cfg: Config, ctx: _Ctx) -> None:
             x, y, w, h = s.roi
             if w < 1 or h < 1 or x < 0 or y < 0 or x + w > s.width or y + h > s.height:
                 ctx.error(("source", "roi"), f"{list(s.roi)} does not fit a {s.width}x{s.height} frame")
+
+
+def _broker_checks(cfg: Config, ctx: _Ctx, mqtt_keys: set[str]) -> None:
+    m = cfg.mqtt
+    single = sorted(mqtt_keys & {"host", "port"})
+    if m.hosts and single:
+        ctx.error(("mqtt", "hosts"), f"mqtt.hosts and mqtt.{' and mqtt.'.join(single)} cannot be mixed: list "
+                  "every broker in mqtt.hosts, or give one broker with mqtt.host and mqtt.port")
+    if m.hosts:
+        seen: set[tuple[str, int]] = set()
+        for i, (host, port) in enumerate(m.brokers):
+            if not 1 <= port <= 65535:
+                ctx.error(("mqtt", f"hosts[{i}]"), f"port {port} is out of range: must be between 1 and 65535")
+            elif (host, port) in seen:
+                ctx.error(("mqtt", f"hosts[{i}]"), f"{host}:{port} is listed twice")
+            seen.add((host, port))
+    if m.session_expiry_s and m.qos == 2:
+        # A fresh client per connection numbers its packets from 1 again; a resumed session may still
+        # hold an unreleased QoS 2 packet id, and the broker would take a new message for its duplicate.
+        ctx.error(("mqtt", "session_expiry_s"), "a kept session (session_expiry_s > 0) needs mqtt.qos 0 or 1: "
+                  "a resumed session could swallow a QoS 2 message as a duplicate of an old packet id")
 
 
 def _tname(value: Any) -> str:

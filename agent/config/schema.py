@@ -8,12 +8,14 @@ Paths are resolved relative to the config file's directory by the loader (``path
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 __all__ = [
     "DEVICE_ID_PATTERN",
     "DEVICE_ID_RULE",
+    "HOST_PORT_PATTERN",
     "RESERVED_DEVICE_IDS",
     "Config",
     "DeviceConfig",
@@ -41,6 +43,7 @@ DEVICE_ID_RULE = ("1 to 64 characters from A-Z a-z 0-9 _ - (Home Assistant's dis
 # Topic levels of the fleet-wide OTA topics and the broker users of deploy/mosquitto/acl.
 RESERVED_DEVICE_IDS = ("group", "ota", "operator", "monitor", "homeassistant")
 _TOPIC_PATTERN = r"^[^#+\x00]{1,128}$"
+HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]{2,45}\]|[^\s:\[\]/]{1,253}):([0-9]{1,5})$"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ class DeviceConfig:
 class MqttConfig:
     host: str = _f("127.0.0.1", "broker host name or address", pattern=r"^\S{1,253}$")
     port: int = _f(1883, "broker TCP port", min=1, max=65535)
+    hosts: tuple[str, ...] = _f((), "several brokers (the nodes of a cluster) as \"host:port\", tried in a random "
+                                "order; replaces host and port", length=(0, 64), item_pattern=HOST_PORT_PATTERN,
+                                rule="\"host:port\" or \"[ipv6]:port\"")
+    session_expiry_s: int = _f(0, "keep the broker session (subscriptions, queued QoS 1 messages) this long "
+                                  "after a disconnect: clean start = false; 0 = a clean session per connection",
+                               min=0, max=0xFFFFFFFF)
     topic_prefix: str = _f("digit-agent", "first topic level; topics are <prefix>/<device.id>/...",
                            pattern=_TOPIC_PATTERN)
     qos: int = _f(1, "QoS of result messages", min=0, max=2)
@@ -76,6 +85,18 @@ class MqttConfig:
                                        "result of this many frames in a row; 0 = never", min=0, max=10_000)
     rx_queue_max: int = _f(1024, "received messages waiting for their handler; newer ones are dropped "
                                  "beyond", min=1, max=1_000_000)
+
+    @property
+    def brokers(self) -> list[tuple[str, int]]:
+        """``(host, port)`` of every broker: the ``hosts`` list, else ``host``/``port``."""
+        if not self.hosts:
+            return [(self.host, self.port)]
+        out = []
+        for item in self.hosts:
+            m = re.fullmatch(HOST_PORT_PATTERN, item)
+            assert m is not None  # the loader checked every item
+            out.append((m.group(1).strip("[]"), int(m.group(2))))
+        return out
 
 
 @dataclass(frozen=True)

@@ -251,7 +251,8 @@ class Publisher:
             retained_queued, retained_coalesced = len(self._lane), self._lane.coalesced
         s = self._session
         return {
-            "connected": s.connected, "state": s.state, "connects": s.connects,
+            "connected": s.connected, "state": s.state, "broker": s.brokers.label,
+            "session_present": s.session_present, "connects": s.connects,
             "reconnects": max(0, s.connects - 1), "connect_failures": s.failures,
             "produced": produced, "queued": queued, "inflight": s.inflight, "dropped": dropped,
             "retained_queued": retained_queued, "retained_coalesced": retained_coalesced,

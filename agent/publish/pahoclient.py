@@ -13,12 +13,14 @@ from typing import Any, Optional, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from agent.config.schema import Config
+from agent.config.schema import Config, MqttConfig
 from agent.publish.auth import Credentials
 from agent.publish.payloads import STATUS_OFFLINE
 
-__all__ = ["PahoLog", "close_client", "guarded", "new_client"]
+__all__ = ["PahoLog", "close_client", "connect_options", "guarded", "new_client"]
 
 log = logging.getLogger(__name__)
 _paho_log = logging.getLogger("agent.publish.paho")
@@ -56,7 +58,8 @@ def new_client(cfg: Config, creds: Credentials, status_topic: str, paho_log: Pah
     m = cfg.mqtt
     v5 = m.protocol == "5"
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
-                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, clean_session=None if v5 else True)
+                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                    clean_session=None if v5 else not m.session_expiry_s)
     c.suppress_exceptions = True
     c.enable_logger(cast(logging.Logger, paho_log))  # paho only calls .log()
     # With a register-write hook paho only queues in publish(); all writes happen in our loop,
@@ -71,6 +74,19 @@ def new_client(cfg: Config, creds: Credentials, status_topic: str, paho_log: Pah
     if creds.tls is not None:
         c.tls_set_context(creds.tls)
     return c
+
+
+def connect_options(m: MqttConfig) -> dict[str, Any]:
+    """``connect()``'s session arguments. MQTT 5: a clean start, or with ``session_expiry_s`` the
+    session kept that long (a cluster that replicates sessions resumes it on another node with its
+    subscriptions and queued QoS 1 messages). MQTT 3.1.1 has no expiry: ``clean_session`` above."""
+    if m.protocol != "5":
+        return {}
+    if not m.session_expiry_s:
+        return {"clean_start": True}
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = m.session_expiry_s
+    return {"clean_start": False, "properties": props}
 
 
 def close_client(c: mqtt.Client) -> None:

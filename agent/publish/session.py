@@ -29,10 +29,11 @@ import paho.mqtt.client as mqtt
 from agent.backoff import Backoff
 from agent.config.schema import Config
 from agent.publish.auth import Credentials
+from agent.publish.brokers import BrokerRotation
 from agent.publish.dispatch import Dispatcher
 from agent.publish.inflight import Inflight
 from agent.publish.outbox import Message, Outbox
-from agent.publish.pahoclient import PahoLog, close_client, guarded, new_client
+from agent.publish.pahoclient import PahoLog, close_client, connect_options, guarded, new_client
 from agent.publish.payloads import STATUS_ONLINE, STATUS_STOPPED
 from agent.publish.rawq0 import RawQos0
 from agent.publish.retained import RetainedLane
@@ -54,6 +55,8 @@ class Session:
         self._wake_r, self._on_empty = wake_r, on_empty
         self.status_topic = cfg.topic("status")
         self._backoff = Backoff(self._m.reconnect_min_s, self._m.reconnect_max_s)
+        self.brokers = BrokerRotation(self._m.brokers)
+        self.session_present = False  # the broker resumed a kept session (mqtt.session_expiry_s)
         self._client: Optional[mqtt.Client] = None
         self._next_attempt = 0.0
         self._conn_deadline = 0.0
@@ -141,7 +144,7 @@ class Session:
                 self._open()
             return
         if not self.connected and now >= self._conn_deadline:
-            self._error(f"no CONNACK from {self._m.host}:{self._m.port} within "
+            self._error(f"no CONNACK from {self.brokers.label} within "
                         f"{self._m.connect_timeout_s:g} s")
             self._end_session(None)
             return
@@ -232,13 +235,13 @@ class Session:
     def _open(self) -> None:
         self.state = "connecting"
         c = self._new_client()
-        kw: dict[str, Any] = {"clean_start": True} if self._m.protocol == "5" else {}
+        host, port = self.brokers.next()
         self.connecting_since = time.monotonic()  # DNS inside connect() has no timeout of ours
         try:
-            c.connect(self._m.host, self._m.port, keepalive=self._m.keepalive_s, **kw)
+            c.connect(host, port, keepalive=self._m.keepalive_s, **connect_options(self._m))
         except (OSError, ValueError) as exc:  # ssl.SSLError and socket.timeout are OSErrors
             self.connecting_since = None
-            self._error(f"connect to {self._m.host}:{self._m.port} failed: {exc}")
+            self._error(f"connect to {self.brokers.label} failed: {exc}")
             self.failures += 1
             close_client(c)
             self._schedule_retry()
@@ -258,8 +261,9 @@ class Session:
         self._subscribed.clear()
         self._subscribe_new(c)
         self.connected_event.set()
-        log.info("MQTT connected to %s:%d (connection %d, window %d, %d queued)", self._m.host,
-                 self._m.port, self.connects, self.fl.window, len(self._outbox))
+        log.info("MQTT connected to %s (connection %d, window %d, %d queued%s)", self.brokers.label,
+                 self.connects, self.fl.window, len(self._outbox),
+                 ", session resumed" if self.session_present else "")
 
     def _subscribe_new(self, c: mqtt.Client) -> None:
         """Make the broker's subscriptions match the dispatcher's table."""
@@ -390,13 +394,14 @@ class Session:
 
     # -- paho callbacks (loop thread; record only) -------------------------------------------------
     @guarded
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, props: Any) -> None:
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: Any, props: Any) -> None:
         if client is not self._client:
             return
         if rc.is_failure:
             hint = " (check mqtt.username and mqtt.password_file)" if rc.value in _AUTH_CODES else ""
-            self._lost = f"refused: {rc}{hint}"
+            self._lost = f"refused by {self.brokers.label}: {rc}{hint}"
         else:
+            self.session_present = bool(flags.session_present)
             self._connack = props
 
     @guarded

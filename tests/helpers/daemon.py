@@ -40,6 +40,8 @@ def write_config(path: Path, broker: Broker, **sections: dict[str, Any]) -> Path
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
+    if "hosts" in base["mqtt"]:  # several brokers replace the one-broker form
+        del base["mqtt"]["host"], base["mqtt"]["port"]
     text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) + "\n"
                    for name, table in base.items())
     path.write_text(text)

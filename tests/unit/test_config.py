@@ -26,8 +26,8 @@ def test_shipped_config_is_valid() -> None:
 
 
 def test_unknown_key_names_file_line_path_and_suggestion() -> None:
-    (problem,) = errors("[device]\nid = 'a'\n\n[mqtt]\nhots = 'x'\n")
-    assert problem.startswith("site.toml:5: mqtt.hots: unknown key")
+    (problem,) = errors("[device]\nid = 'a'\n\n[mqtt]\nhostt = 'x'\n")
+    assert problem.startswith("site.toml:5: mqtt.hostt: unknown key")
     assert "did you mean 'host'" in problem
 
 
@@ -120,10 +120,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_check_config_exit_codes(tmp_path: Path) -> None:
     assert _cli("check-config", "--config", "config.toml").returncode == 0
     bad = tmp_path / "bad.toml"
-    bad.write_text('[mqtt]\nhots = "x"\n')
+    bad.write_text('[mqtt]\nhsot = "x"\n')
     r = _cli("check-config", "--config", str(bad))
     assert r.returncode == 2
-    assert "mqtt.hots" in r.stderr and "did you mean 'host'" in r.stderr
+    assert "mqtt.hsot" in r.stderr and "did you mean 'host'" in r.stderr
     bad.write_text("[mqtt]\nport = 70000\n")
     r = _cli("check-config", "--config", str(bad))
     assert r.returncode == 2 and "65535" in r.stderr
@@ -230,3 +230,23 @@ def test_selftest_states_its_rule_and_why_a_slow_p99_passes() -> None:
     assert len(report(180.0)) == 2  # the served variant is within: nothing to explain (fp32's p99 is not served)
     r = _cli("selftest", "--config", "config.toml")  # the real command prints the same report
     assert r.returncode == 0 and "  the rule: golden accuracy ≥" in r.stdout, r.stdout + r.stderr
+
+
+def test_several_brokers_and_their_mistakes() -> None:
+    cfg = parse_config('[mqtt]\nhosts = ["a.example:1883", "10.0.0.2:8883", "[fd00::3]:1884"]\n')
+    assert cfg.mqtt.brokers == [("a.example", 1883), ("10.0.0.2", 8883), ("fd00::3", 1884)]
+    assert parse_config("[mqtt]\nhost = 'b'\nport = 1\n").mqtt.brokers == [("b", 1)]
+    for text, needle in [
+        ('[mqtt]\nhost = "a"\nhosts = ["b:1"]\n', "<config>:3: mqtt.hosts: mqtt.hosts and mqtt.host cannot be mixed"),
+        ('[mqtt]\nhosts = ["b:1"]\nport = 2\n', "mqtt.hosts and mqtt.port cannot be mixed"),
+        ('[mqtt]\nhosts = ["b"]\n', "mqtt.hosts[0]: 'b' is not allowed: \"host:port\""),
+        ('[mqtt]\nhosts = ["b:70000"]\n', "mqtt.hosts[0]: port 70000 is out of range"),
+        ('[mqtt]\nhosts = ["b:1", "b:1"]\n', "mqtt.hosts[1]: b:1 is listed twice"),
+        ("[mqtt]\nqos = 2\nsession_expiry_s = 60\n", "mqtt.session_expiry_s: a kept session"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            parse_config(text)
+        assert needle in str(e.value), (text, str(e.value))
+    with pytest.raises(ConfigError) as e:  # an override of the one-broker form mixes too
+        parse_config('[mqtt]\nhosts = ["b:1"]\n', overrides=["mqtt.port=2"])
+    assert "cannot be mixed" in str(e.value)
