@@ -206,14 +206,17 @@ def _dev1_config(tmp_path: Path, sbroker: Broker, pki: Pki, **sections: dict[str
 
 def test_daemon_rediscovers_on_home_assistants_birth_over_tls(tmp_path: Path, sbroker: Broker, pki: Pki,
                                                               clients: list[TlsClient]) -> None:
-    """The real daemon as dev1: it reads HA's birth message through the ACL and announces again."""
+    """The real daemon as dev1: it reads HA's birth message through the ACL, announces again and
+    sends one health message right after (the health interval is an hour: only the announce can
+    have sent it), so Home Assistant's sensors do not read unknown after its restart."""
     from agent.config import load_config
     from agent.publish.discovery import discovery_messages
 
     mon = _ok(clients, sbroker, pki, "monitor")
     mon.subscribe("homeassistant/+/dev1/#")
+    mon.subscribe("digit-agent/dev1/health")
     cfg = _dev1_config(tmp_path, sbroker, pki, source={"rate_hz": 20.0, "loop": True},
-                       homeassistant={"rediscover_jitter_s": 0.0})
+                       homeassistant={"rediscover_jitter_s": 0.0}, health={"interval_s": 3600.0})
     expected = {m.topic for m in discovery_messages(load_config(cfg)) if m.payload}
     assert expected
 
@@ -228,10 +231,13 @@ def test_daemon_rediscovers_on_home_assistants_birth_over_tls(tmp_path: Path, sb
         time.sleep(1.0)
         n = len(configs())
         assert n == len(expected), "announced once before the birth message"
+        assert mon.wait_received("digit-agent/dev1/health"), "no health after the first announce"
+        healths = len(mon.received("digit-agent/dev1/health"))
         ha = _ok(clients, sbroker, pki, "homeassistant")
         assert ha.publish("homeassistant/status", b"online") == 0
         wait_until(lambda: len(configs()) >= n + len(expected), 30)
         assert len(configs()) >= n + len(expected), agent.tail()
+        assert len(mon.wait_received("digit-agent/dev1/health", n=healths + 1, timeout=15)) > healths
     finally:
         agent.stop()
     assert "WARNING agent.publish" not in agent.output(), agent.tail()
