@@ -69,8 +69,8 @@ if [ "$want" = dev ]; then
     say "installing torch 2.13.0 (the first time takes minutes)"
     pip_ "torch==2.13.0"
   fi
-  say "installing the package with its dev, train and bench extras"
-  pip_ -e ".[dev,train,bench]"
+  say "installing the package with its dev, train, bench and operator extras"
+  pip_ -e ".[dev,train,bench,operator]"
 else
   say "installing the package"
   pip_ -e .

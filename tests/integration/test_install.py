@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
+from tests.helpers.wheel import build_wheel
 from tests.integration.test_systemd_unit import BINARY, UNIT, require_tools, unit_entries, values, verify
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,16 +39,7 @@ def _systemd_tools() -> None:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheel of this tree, built from a copy so no build/ or egg-info lands in the work tree."""
-    src = tmp_path_factory.mktemp("src")
-    shutil.copytree(REPO / "agent", src / "agent", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "pyproject.toml", src)
-    readme = REPO / "README.md"
-    (src / "README.md").write_text(readme.read_text() if readme.exists() else "digit-agent\n")
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), str(src)], check=True, timeout=300, capture_output=True)
-    return next(out.glob("digit_agent-*.whl"))
+    return build_wheel(tmp_path_factory.mktemp("build"))
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +278,8 @@ def test_bootstrap_dev_fails_when_packages_cannot_be_installed(tmp_path: Path, a
 def test_bootstrap_dev_goes_on_when_everything_is_there(tmp_path: Path) -> None:
     rc, err, calls = bootstrap(tmp_path, "dev", 100, present=DEV_COMMANDS)
     assert rc == 0 and "ready" in err, err
-    assert "apt-get" not in calls and "pip install --disable-pip-version-check -e .[dev,train,bench]" in calls
+    assert "apt-get" not in calls
+    assert "pip install --disable-pip-version-check -e .[dev,train,bench,operator]" in calls
 
 
 def test_bootstrap_runtime_stays_lenient(tmp_path: Path) -> None:

@@ -6,17 +6,17 @@ import argparse
 import os
 from pathlib import Path
 
-from tools.ota.push import Connection
+from ..ota.push import Connection
 
 __all__ = ["add_broker_args", "connection"]
 
 
 def add_broker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker")
-    g.add_argument("--host", default="127.0.0.1")
-    g.add_argument("--port", type=int, default=1883)
+    g.add_argument("--host", default="127.0.0.1", help="MQTT broker host")
+    g.add_argument("--port", type=int, default=1883, help="MQTT broker port")
     g.add_argument("--prefix", default="digit-agent", help="topic prefix of the fleet (mqtt.topic_prefix)")
-    g.add_argument("--username", default="")
+    g.add_argument("--username", default="", help="MQTT user name (empty: anonymous)")
     g.add_argument("--password-file", default="", help="file holding the password (never on the command line)")
     g.add_argument("--tls-ca", default="", help="CA bundle; turns TLS on")
 

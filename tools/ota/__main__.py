@@ -1,13 +1,15 @@
-"""python -m tools.ota keygen | package | push | watch — the operator's side of OTA model updates.
+"""digit-agent-ota keygen | package | push | watch — the operator's side of OTA model updates.
 
-    python -m tools.ota keygen --out ~/.config/digit-agent/ota.key
-    python -m tools.ota package --model new.onnx --card new.card.json --key ~/.config/digit-agent/ota.key \\
+    digit-agent-ota keygen --out ~/.config/digit-agent/ota.key
+    digit-agent-ota package --model new.onnx --card new.card.json --key ~/.config/digit-agent/ota.key \\
         --job digits-2025-06-01 --version 7 --out digits-v7.ota.json
-    python -m tools.ota package --model new.card.json --key ~/.config/digit-agent/ota.key \\
+    digit-agent-ota package --model new.card.json --key ~/.config/digit-agent/ota.key \\
         --job digits-v8 --version 8 --out digits-v8.ota.json
-    python -m tools.ota push --envelope digits-v7.ota.json --model new.onnx --device pi-042
-    python -m tools.ota push --envelope digits-v7.ota.json --model new.onnx --group kitchen --expect 12
-    python -m tools.ota watch --device pi-042
+    digit-agent-ota push --envelope digits-v7.ota.json --model new.onnx --device pi-042
+    digit-agent-ota push --envelope digits-v7.ota.json --model new.onnx --group kitchen --expect 12
+    digit-agent-ota watch --device pi-042
+
+(pip install "digit-agent[operator]"; from a checkout python -m tools.ota is the same command.)
 
 --model is an ONNX file, or a model card whose "variants" list the files: every variant of the
 version goes in one signed job (push takes the same --model).
@@ -27,12 +29,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.control.ota.keys import keyid_of, parse_public_key, raw_public
-from tools.ota.package import PackageSpec, build_manifest, generate_key, load_payload, load_private_key, sign
-from tools.ota.push import Connection, Pusher, StatusWatch, connect, read_manifest
 
-__all__ = ["main"]
+from ..clihelp import HelpFormatter, prog
+from .package import PackageSpec, build_manifest, generate_key, load_payload, load_private_key, sign
+from .push import Connection, Pusher, StatusWatch, connect, read_manifest
 
-_REPO = Path(__file__).resolve().parents[2]
+__all__ = ["main", "parser"]
+
+_CHECKOUT = Path(__file__).resolve().parents[2]
+# Installed, that is site-packages; only a source checkout is a place where a key could end up in git.
+_REPO: Optional[Path] = _CHECKOUT if (_CHECKOUT / ".git").exists() else None
 _TERMINAL = ("committed", "rejected", "failed", "rolled_back")
 
 
@@ -49,7 +55,7 @@ def _line(device: str, doc: dict[str, Any]) -> str:
 
 def _keygen(a: argparse.Namespace) -> int:
     out = Path(a.out).expanduser().resolve()
-    if _REPO in out.parents and not a.force:
+    if _REPO is not None and _REPO in out.parents and not a.force:
         print(f"refusing to write a private key inside the repository ({_REPO}); use --force if you "
               f"really mean it", file=sys.stderr)
         return 2
@@ -158,57 +164,66 @@ def _watch(a: argparse.Namespace) -> int:
         client.disconnect()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.ota", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    k = sub.add_parser("keygen", help="new Ed25519 signing key (private 0600 + .pub)")
-    k.add_argument("--out", required=True, help="private key file (kept off devices and out of git)")
-    k.add_argument("--force", action="store_true", help="allow a path inside the repository")
+def _broker_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--host", default="127.0.0.1", help="MQTT broker host")
+    sp.add_argument("--port", type=int, default=1883, help="MQTT broker port")
+    sp.add_argument("--username", default="", help="MQTT user name (empty: anonymous)")
+    sp.add_argument("--password-file", default="", help="file holding the MQTT password (never on the command line)")
+    sp.add_argument("--tls-ca", default="", help="CA bundle (PEM); turns TLS on")
+    sp.add_argument("--prefix", default="digit-agent", help="topic prefix of the devices (their mqtt.topic_prefix)")
+    sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every device to finish")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog("tools.ota"), description=__doc__, formatter_class=HelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
+
+    k = add("keygen", "new Ed25519 signing key (private 0600 + .pub)")
+    k.add_argument("--out", required=True, help="private key file to create (kept off devices and out of git); "
+                   "the public key goes to <out>.pub")
+    k.add_argument("--force", action="store_true", help="allow a path inside the source checkout")
     k.set_defaults(func=_keygen)
-    pk = sub.add_parser("package", help="sign a model into an OTA envelope")
+    pk = add("package", "sign a model into an OTA envelope")
     pk.add_argument("--model", required=True, help="an ONNX file, or a model card listing variants")
     pk.add_argument("--key", action="append", required=True, help="private key (repeat to co-sign)")
     pk.add_argument("--job", required=True, help="unique job id ([A-Za-z0-9_.-], <= 64)")
     pk.add_argument("--version", type=int, required=True, help="model version, > the committed one")
-    pk.add_argument("--card", default="", help="model card JSON (normalisation, metrics, ...)")
-    pk.add_argument("--family", default="digit-28x28")
-    pk.add_argument("--chunk-size", type=int, default=16384)
-    pk.add_argument("--min-accuracy", type=float, default=0.98)
-    pk.add_argument("--max-p99-ms", type=float, default=5.0)
+    pk.add_argument("--card", default="", help="model card JSON (normalisation, metrics, ...); empty: none")
+    pk.add_argument("--family", default="digit-28x28", help="model family; devices refuse another (ota.family)")
+    pk.add_argument("--chunk-size", type=int, default=16384, help="bytes per transfer chunk")
+    pk.add_argument("--min-accuracy", type=float, default=0.98,
+                    help="device gate: golden-set accuracy the model must reach")
+    pk.add_argument("--max-p99-ms", type=float, default=5.0, help="device gate: p99 latency ceiling")
     pk.add_argument("--ttl-h", type=float, default=168.0, help="hours until the manifest expires")
     pk.add_argument("--add-key", action="append", default=[], help="public key to trust from now on "
-                    "(it must co-sign this manifest: pass its private key with --key too)")
-    pk.add_argument("--revoke-key", action="append", default=[], help="key id to stop trusting")
-    pk.add_argument("--out", required=True)
+                    "(it must co-sign this manifest: pass its private key with --key too); repeatable")
+    pk.add_argument("--revoke-key", action="append", default=[], help="key id to stop trusting; repeatable")
+    pk.add_argument("--out", required=True, help="envelope file to write")
     pk.set_defaults(func=_package)
-    for name, func, help_ in (("push", _push, "send an envelope to a device or a group and serve chunks"),
-                              ("watch", _watch, "follow a device's OTA status until it ends")):
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--host", default="127.0.0.1")
-        sp.add_argument("--port", type=int, default=1883)
-        sp.add_argument("--username", default="")
-        sp.add_argument("--password-file", default="")
-        sp.add_argument("--tls-ca", default="")
-        sp.add_argument("--prefix", default="digit-agent")
-        sp.add_argument("--timeout", type=float, default=600.0)
-        sp.set_defaults(func=func)
-        if name == "push":
-            sp.add_argument("--envelope", required=True)
-            sp.add_argument("--model", required=True)
-            target = sp.add_mutually_exclusive_group(required=True)
-            target.add_argument("--device")
-            target.add_argument("--group")
-            sp.add_argument("--expect", type=int, default=1, help="group: devices to wait for")
-            sp.add_argument("--rate", type=float, default=200.0, help="chunks per second")
-        else:
-            sp.add_argument("--device", required=True)
-            sp.add_argument("--job", default="", help="wait for this job (default: the first one seen)")
+    sp = add("push", "send an envelope to a device or a group and serve chunks")
+    _broker_args(sp)
+    sp.add_argument("--envelope", required=True, help="signed envelope made by 'package'")
+    sp.add_argument("--model", required=True, help="the ONNX file or model card the envelope was made from "
+                    "(its chunks are served)")
+    target = sp.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", help="one device id")
+    target.add_argument("--group", help="a fleet group (the devices' ota.groups)")
+    sp.add_argument("--expect", type=int, default=1, help="with --group: devices to wait for")
+    sp.add_argument("--rate", type=float, default=200.0, help="chunks per second")
+    sp.set_defaults(func=_push)
+    w = add("watch", "follow a device's OTA status until it ends")
+    _broker_args(w)
+    w.add_argument("--device", required=True, help="device id")
+    w.add_argument("--job", default="", help="wait for this job (empty: the first one seen)")
+    w.set_defaults(func=_watch)
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    a = _parser().parse_args(argv)
+    a = parser().parse_args(argv)
     try:
         rc: int = a.func(a)
         return rc
