@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tools.localbroker import free_port, start_mosquitto
+from tools.progress import Progress
 
 __all__ = ["Sample", "main", "summarise"]
 
@@ -85,32 +87,20 @@ class _Counter:
 
 
 def _write_config(path: Path, args: argparse.Namespace, port: int) -> None:
+    import tomli_w
+
     host, _, bport = (args.broker or f"127.0.0.1:{port}").partition(":")
-    path.write_text(f"""[device]
-id = "{args.device}"
-[mqtt]
-host = "{host}"
-port = {int(bport)}
-qos = {args.qos}
-[source]
-type = "replay"
-path = "{args.golden}"
-rate_hz = {args.rate}
-limit = {args.frames}
-loop = true
-[inference]
-model = "{args.model}"
-golden = "{args.golden}"
-deadline_ms = {args.deadline_ms}
-[health]
-interval_s = {args.interval}
-[ota]
-enabled = false
-state_dir = "{path.parent / 'state'}"
-trusted_keys = "{path.parent / 'keys'}"
-[homeassistant]
-discovery = false
-""")
+    doc = {
+        "device": {"id": args.device},
+        "mqtt": {"host": host, "port": int(bport), "qos": args.qos},
+        "source": {"type": "replay", "path": str(args.golden), "rate_hz": float(args.rate), "limit": args.frames,
+                   "loop": True},
+        "inference": {"model": str(args.model), "golden": str(args.golden), "deadline_ms": args.deadline_ms},
+        "health": {"interval_s": args.interval},
+        "ota": {"enabled": False, "state_dir": str(path.parent / "state"), "trusted_keys": str(path.parent / "keys")},
+        "homeassistant": {"discovery": False},
+    }
+    path.write_text(tomli_w.dumps(doc))
 
 
 def _sample(proc: psutil.Process, t0: float, counter: _Counter) -> Optional[Sample]:
@@ -249,6 +239,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], cwd=REPO,
                              stdout=log, stderr=subprocess.STDOUT)
     samples: list[Sample] = []
+    progress = Progress("soak", total=args.frames, unit="results")
     try:
         proc = psutil.Process(agent.pid)
         agent_log = work / "agent.log"
@@ -259,9 +250,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if s is not None:
                 s["stopping"] = float("source finished" in agent_log.read_text(errors="replace"))
                 samples.append(s)
+                progress.set(s["results"], note=f"RSS {s['rss_mb']:.1f} MiB, {s['misses']:.0f} misses")
             with contextlib.suppress(subprocess.TimeoutExpired):
                 agent.wait(args.interval)
     finally:
+        progress.close()
         if agent.poll() is None:
             agent.terminate()
             agent.wait(30)
@@ -282,6 +275,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for p in (args.model, args.golden):
         if not p.exists():
             print(f"soak: {p} does not exist (build the model with `make model`, or pass --model/--golden)",

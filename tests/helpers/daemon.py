@@ -10,21 +10,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import tomli_w
+
 from tests.helpers.broker import Broker
 
 __all__ = ["AgentProcess", "write_config"]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def write_config(path: Path, broker: Broker, **sections: dict[str, Any]) -> Path:
@@ -42,9 +34,7 @@ def write_config(path: Path, broker: Broker, **sections: dict[str, Any]) -> Path
         base.setdefault(name, {}).update(values)
     if "hosts" in base["mqtt"]:  # several brokers replace the one-broker form
         del base["mqtt"]["host"], base["mqtt"]["port"]
-    text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) + "\n"
-                   for name, table in base.items())
-    path.write_text(text)
+    path.write_text(tomli_w.dumps(base))
     return path
 
 

@@ -28,6 +28,7 @@ from tests.helpers.daemon import AgentProcess, write_config
 from tests.helpers.pty_pair import PtyPair
 from tools.bench.machine import load_average, summarise_us
 from tools.frame_sender import frame_stream
+from tools.progress import Progress
 
 __all__ = ["E2EOptions", "run_e2e"]
 
@@ -143,9 +144,11 @@ def _wait_quiet(tap: _Tap, n: int, timeout: float, quiet_s: float = 1.0) -> None
         time.sleep(0.05)
 
 
-def _wait_count(tap: _Tap, n: int, timeout: float) -> bool:
+def _wait_count(tap: _Tap, n: int, timeout: float, progress: Optional[Progress] = None) -> bool:
     deadline = time.monotonic() + timeout
     while tap.count < n and time.monotonic() < deadline:
+        if progress is not None:
+            progress.set(tap.count)
         time.sleep(0.02)
     return tap.count >= n
 
@@ -163,10 +166,11 @@ def throughput(opts: E2EOptions, broker: Broker, qos: int, rss_marks: tuple[int,
                 raise RuntimeError(f"no results from the daemon: {agent.tail()}")
             rss: dict[str, int] = {"start": proc.memory_info().rss}
             t0, c0, cpu0 = time.monotonic(), tap.count, _cpu_s(proc)
-            for mark in rss_marks:
-                if not _wait_count(tap, mark, max(60.0, mark / 500)):
-                    break
-                rss[str(mark)] = proc.memory_info().rss
+            with Progress(f"e2e flat out, QoS {qos}", total=max(rss_marks, default=0), unit="results") as prog:
+                for mark in rss_marks:
+                    if not _wait_count(tap, mark, max(60.0, mark / 500), prog):
+                        break
+                    rss[str(mark)] = proc.memory_info().rss
             if not rss_marks:
                 time.sleep(opts.throughput_s)
             t1, c1, cpu1 = time.monotonic(), tap.count, _cpu_s(proc)

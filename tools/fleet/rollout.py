@@ -30,12 +30,15 @@ from typing import Any, Optional
 from agent.control.ota.keys import keyid_of, raw_public
 from agent.control.ota.store import atomic_write
 from agent.inference.model import read_card
-from tools.fleet.common import add_broker_args, connection
-from tools.fleet.plan import RolloutState, make_stages
-from tools.ota.package import PackageSpec, build_manifest, load_payload, load_private_key, sign
-from tools.ota.push import Pusher, connect, read_manifest
 
-__all__ = ["add_args", "package", "run"]
+from ..clihelp import HelpFormatter
+from ..ota.package import PackageSpec, build_manifest, load_payload, load_private_key, sign
+from ..ota.push import Pusher, connect, read_manifest
+from ..progress import Progress
+from .common import add_broker_args, connection
+from .plan import RolloutState, make_stages
+
+__all__ = ["add_args", "package", "run", "stage_verdict"]
 
 _log = logging.getLogger(__name__)
 _Event = tuple[str, dict[str, Any]]
@@ -50,15 +53,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
                                                 "(members still come from --devices/--devices-file)")
     m = p.add_argument_group("model")
     m.add_argument("--model", required=True, help="the new ONNX model")
-    m.add_argument("--envelope", default="", help="an envelope made by 'tools.ota package' for --model")
+    m.add_argument("--envelope", default="", help="an envelope made by 'digit-agent-ota package' for --model")
     m.add_argument("--key", default="", help="private key to sign with (needed without --envelope, and to roll back)")
-    m.add_argument("--version", type=int, default=0, help="model version (without --envelope)")
-    m.add_argument("--job", default="", help="job id (default: rollout-v<version>)")
+    m.add_argument("--version", type=int, default=0, help="model version (without --envelope); 0: not given")
+    m.add_argument("--job", default="", help="job id (empty: rollout-v<version>)")
     m.add_argument("--min-accuracy", type=float, default=0.98, help="device gate: golden-set accuracy floor")
     m.add_argument("--max-p99-ms", type=float, default=5.0, help="device gate: p99 latency ceiling")
-    m.add_argument("--chunk-size", type=int, default=16 * 1024)
+    m.add_argument("--chunk-size", type=int, default=16 * 1024, help="bytes per transfer chunk")
     r = p.add_argument_group("stages")
-    r.add_argument("--canary-fraction", type=float, default=0.1)
+    r.add_argument("--canary-fraction", type=float, default=0.1,
+                   help="share of the devices in the first stage (at least one device)")
     r.add_argument("--waves", type=int, default=1, help="batches after the canaries")
     r.add_argument("--max-failures", type=int, default=0, help="abort when failures exceed this")
     r.add_argument("--timeout", type=float, default=300.0, help="seconds a stage may take")
@@ -158,7 +162,20 @@ class _Runner:
 
     def wait_stage(self, timeout_s: float) -> None:
         s = self.state
+        current = s.current()
+        progress = Progress(f"stage {s.stage + 1}/{len(s.stages)}", total=len(current), unit="devices settled")
+        try:
+            self._wait(timeout_s, progress)
+        finally:
+            progress.close()
+
+    def _wait(self, timeout_s: float, progress: Progress) -> None:
+        s = self.state
+        current = s.current()
         while s.pending():
+            settled = [d for d in current if d in s.outcome]
+            failed = sum(1 for d in settled if s.outcome[d] != "committed")
+            progress.set(len(settled), note=f"{len(settled) - failed} committed, {failed} failed")
             # Checked on every pass: devices stuck downloading report progress every 0.5 s, so
             # "no message for a while" never comes and cannot be what triggers the timeout.
             if s.time_out(time.time(), timeout_s):
@@ -223,6 +240,8 @@ def _execute(args: argparse.Namespace, state: RolloutState, envelope: bytes, mod
                 state.result = "aborted"
                 state.abort_reason = (f"{len(state.failures())} failure(s) > --max-failures {state.max_failures} "
                                       f"in stage {state.stage}")
+            print(stage_verdict(state), file=sys.stderr, flush=True)
+            if state.result == "aborted":
                 break
             state.stage += 1
             runner.save()
@@ -236,6 +255,25 @@ def _execute(args: argparse.Namespace, state: RolloutState, envelope: bytes, mod
     else:
         state.result = "done"
     runner.save()
+
+
+def stage_verdict(state: RolloutState) -> str:
+    """One line per finished stage: who it was, what came of it, what happens next."""
+    devices = state.current()
+    counts: dict[str, int] = {}
+    for d in devices:
+        counts[state.outcome.get(d, "pending")] = counts.get(state.outcome.get(d, "pending"), 0) + 1
+    name = "canaries" if state.stage == 0 else f"wave {state.stage}"
+    outcome = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    total = len(state.failures())
+    if state.result == "aborted":
+        nxt = f"ABORT: {state.abort_reason}"
+    elif state.stage + 1 < len(state.stages):
+        nxt = f"{total} failure(s) so far <= --max-failures {state.max_failures}: next stage"
+    else:
+        nxt = "last stage done"
+    return (f"rollout {state.job} stage {state.stage + 1}/{len(state.stages)} ({name}, {len(devices)} devices): "
+            f"{outcome} — {nxt}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,6 +303,6 @@ def _text(s: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.fleet rollout")
+    p = argparse.ArgumentParser(prog="python -m tools.fleet rollout", formatter_class=HelpFormatter)
     add_args(p)
     return run(p.parse_args(argv))

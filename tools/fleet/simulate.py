@@ -31,17 +31,14 @@ from typing import Any, Optional
 import numpy as np
 import psutil
 
-from tools.fleet.plan import make_stages
-from tools.localbroker import start_mosquitto
-from tools.ota.package import generate_key
+from ..localbroker import start_mosquitto
+from ..ota.package import generate_key
+from ..progress import Progress
+from .plan import make_stages
 
 __all__ = ["Fleet", "add_args", "run", "start_broker", "verdict"]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _toml(v: Any) -> str:
-    return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
 
 
 @dataclass
@@ -90,8 +87,9 @@ class Fleet:
         }
         for name, values in self.extra.items():
             tables.setdefault(name, {}).update(values)
-        (self.workdir / "agent.toml").write_text("".join(
-            f"[{t}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in vals.items()) + "\n" for t, vals in tables.items()))
+        import tomli_w  # the operator extra's, not the device's
+
+        (self.workdir / "agent.toml").write_text(tomli_w.dumps(tables))
 
     def _cmd(self, dev: str) -> list[str]:
         sets = [f"device.id={dev}", f"ota.state_dir={self.workdir / 'state' / dev}"]
@@ -141,19 +139,20 @@ def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--agents", type=int, default=100)
-    p.add_argument("--model", default=str(REPO / "models" / "digit_int8.onnx"))
-    p.add_argument("--golden", default=str(REPO / "models" / "golden.npz"))
+    p.add_argument("--agents", type=int, default=100, help="agent processes to start")
+    p.add_argument("--model", default=str(REPO / "models" / "digit_int8.onnx"),
+                   help="model every agent serves; its re-release is rolled out")
+    p.add_argument("--golden", default=str(REPO / "models" / "golden.npz"), help="golden set (replay source too)")
     p.add_argument("--bad-fraction", type=float, default=0.0, help="devices whose OTA gate must fail")
-    p.add_argument("--canary-fraction", type=float, default=0.1)
+    p.add_argument("--canary-fraction", type=float, default=0.1, help="share of the agents in the canary stage")
     p.add_argument("--waves", type=int, default=3, help="batches after the canaries (bounds simultaneous gates)")
     p.add_argument("--gate-p99-ms", type=float, default=1000.0,
                    help="latency gate and deadline: N agents share this machine's cores, a device has its own")
-    p.add_argument("--rate-hz", type=float, default=2.0)
-    p.add_argument("--test-window-s", type=float, default=2.0)
-    p.add_argument("--port", type=int, default=18830)
-    p.add_argument("--workdir", default="", help="keep everything here (default: a temporary directory)")
-    p.add_argument("--timeout", type=float, default=240.0, help="per rollout stage")
+    p.add_argument("--rate-hz", type=float, default=2.0, help="frames per second each agent replays")
+    p.add_argument("--test-window-s", type=float, default=2.0, help="each agent's OTA test window")
+    p.add_argument("--port", type=int, default=18830, help="port of the simulation's own mosquitto")
+    p.add_argument("--workdir", default="", help="keep everything here (empty: a temporary directory)")
+    p.add_argument("--timeout", type=float, default=240.0, help="seconds per rollout stage")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="wait this long for all agents' health")
 
 
@@ -179,7 +178,7 @@ def _rollout_args(ns: argparse.Namespace, fleet: Fleet, model: Path, state: Path
 
 
 def run(ns: argparse.Namespace) -> int:
-    from tools.fleet import rollout, status
+    from . import rollout, status
 
     work = Path(ns.workdir or tempfile.mkdtemp(prefix="fleet-sim-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -204,7 +203,8 @@ def run(ns: argparse.Namespace) -> int:
     try:
         sargs = argparse.Namespace(host="127.0.0.1", port=ns.port, prefix=fleet.prefix, username="",
                                    password_file="", tls_ca="")
-        view = status.collect(sargs, ns.ready_timeout, expect=ns.agents)
+        with Progress("agents up (health received)", total=ns.agents, unit="agents") as up:
+            view = status.collect(sargs, ns.ready_timeout, expect=ns.agents, progress=up)
         healthy = sum(1 for r in view.rows() if r.health_at is not None)
         report["startup_s"] = round(time.monotonic() - t0, 1)
         report["healthy_before"] = healthy
@@ -258,7 +258,7 @@ def _count(outcome: dict[str, str]) -> dict[str, int]:
 
 
 def rollout_ns(argv: list[str]) -> argparse.Namespace:
-    from tools.fleet import rollout
+    from . import rollout
 
     p = argparse.ArgumentParser()
     rollout.add_args(p)

@@ -13,9 +13,10 @@ import threading
 import time
 from typing import Optional, TextIO
 
-from tools.fleet.common import add_broker_args, connection
-from tools.fleet.view import FleetView, render_table
-from tools.ota.push import connect
+from ..ota.push import connect
+from ..progress import Progress
+from .common import add_broker_args, connection
+from .view import FleetView, render_table
 
 __all__ = ["add_args", "collect", "run"]
 
@@ -50,14 +51,19 @@ class _Feed:
             return sum(1 for r in self.view.devices.values() if r.health_at is not None)
 
 
-def collect(args: argparse.Namespace, timeout: float, expect: int = 0) -> FleetView:
-    """Listen for ``timeout`` seconds (or until ``expect`` devices sent health) and return the view."""
+def collect(args: argparse.Namespace, timeout: float, expect: int = 0,
+            progress: Optional[Progress] = None) -> FleetView:
+    """Listen for ``timeout`` seconds (or until ``expect`` devices sent health) and return the view;
+    ``progress`` is told how many devices have sent health so far."""
     feed = _Feed(args.prefix)
     client, _ = connect(connection(args, "status"), feed.on_message, feed.view.topics())
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if expect and feed.healthy() >= expect:
+            healthy = feed.healthy()
+            if progress is not None:
+                progress.set(healthy)
+            if expect and healthy >= expect:
                 break
             time.sleep(0.1)
     finally:
