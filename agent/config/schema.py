@@ -76,8 +76,9 @@ class MqttConfig:
     tls_key: str = _f("", "client private key (PEM); may come from $CREDENTIALS_DIRECTORY", path=True)
     outbox_max: int = _f(10000, "messages kept while the broker is away; the oldest are dropped beyond",
                          min=1, max=1_000_000)
-    reconnect_min_s: float = _f(0.5, "first reconnect delay", min=0.05, max=60.0)
-    reconnect_max_s: float = _f(30.0, "reconnect delay cap (exponential backoff with jitter)",
+    reconnect_min_s: float = _f(0.5, "longest first reconnect delay; the bound doubles per attempt and each "
+                                     "delay is random below it (full jitter)", min=0.05, max=60.0)
+    reconnect_max_s: float = _f(30.0, "cap of the reconnect delay bound (exponential backoff, full jitter)",
                                 min=0.1, max=3600.0)
     max_inflight: int = _f(64, "unacknowledged QoS>0 messages at once", min=1, max=65535)
     connect_timeout_s: float = _f(5.0, "TCP/TLS connect and CONNACK timeout", min=0.5, max=120.0)
@@ -113,7 +114,7 @@ class SourceConfig:
     # serial
     port: str = _f("/dev/ttyAMA0", "serial: device path or pyserial URL (loop://, socket://host:port)")
     baudrate: int = _f(921600, "serial: line speed", min=300, max=12_000_000)
-    reopen_min_s: float = _f(0.2, "serial/pipe: first reopen delay after the device went away",
+    reopen_min_s: float = _f(0.2, "serial/pipe: longest first reopen delay after the device went away",
                              min=0.01, max=60.0)
     reopen_max_s: float = _f(5.0, "serial/pipe: reopen delay cap", min=0.05, max=600.0)
     # pipe (raw video)
