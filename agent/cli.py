@@ -1,4 +1,4 @@
-"""digit-agent: run, check-config, selftest, version.
+"""digit-agent: run, check-config, selftest, config-schema, version.
 
 Exit codes: 0 fine; 1 cannot serve (model, self-test); 2 invalid configuration or usage.
 """
@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     with_config("run", "run the daemon: read frames, infer, publish over MQTT")
     with_config("check-config", "validate a config file; exit 0 if valid, 2 if not")
     with_config("selftest", "load the model, run the golden set, print accuracy and latency")
+    sub.add_parser("config-schema", help="print the JSON Schema of config.toml (for editors: Taplo, Even Better TOML)",
+                   description="print the JSON Schema of config.toml (for editors: Taplo, Even Better TOML)",
+                   parents=[common])
     sub.add_parser("version", help="print the version", description="print the version", parents=[common])
     return p
 
@@ -70,6 +73,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     setup_logging(args.log_level)
     if args.command == "version":
         print(f"digit-agent {__version__}")
+        return EXIT_OK
+    if args.command == "config-schema":
+        from agent.config.jsonschema import schema_text
+
+        sys.stdout.write(schema_text())
         return EXIT_OK
     cfg = _load(args)
     if cfg is None:

@@ -112,7 +112,9 @@ class SourceConfig:
     limit: int = _f(0, "stop after this many frames (0 = never); for tests and benchmarks",
                     min=0, max=10**12)
     # serial
-    port: str = _f("/dev/ttyAMA0", "serial: device path or pyserial URL (loop://, socket://host:port)")
+    port: str = _f("/dev/ttyAMA0", "serial: device path or pyserial URL (loop://, socket://host:port); on a Pi "
+                                   "3, 4 or Zero W ttyAMA0 is the Bluetooth UART unless dtoverlay=disable-bt "
+                                   "(docs/serial-protocol.md)")
     baudrate: int = _f(921600, "serial: line speed", min=300, max=12_000_000)
     reopen_min_s: float = _f(0.2, "serial/pipe: longest first reopen delay after the device went away",
                              min=0.01, max=60.0)
