@@ -17,8 +17,8 @@ from tools.fleet.__main__ import main as fleet
 pytestmark = pytest.mark.integration
 
 # Forms the agent itself does not publish but an older release or a hand-made config may have left.
-_DEVICE_BASED = ("homeassistant/device/ha_dev/config",
-                 {"dev": {"ids": "digit_agent_ha_dev", "name": "ha-dev"},
+_DEVICE_BASED = ("homeassistant/device/ha-dev/config",
+                 {"dev": {"ids": "digit_agent_ha-dev", "name": "ha-dev"},
                   "o": {"name": "digit-agent"},
                   "cmps": {"d": {"p": "sensor", "unique_id": "ha_dev_d", "state_topic": "digit-agent/ha-dev/health"}}})
 _NO_NODE = ("homeassistant/sensor/ha_dev_extra/config",

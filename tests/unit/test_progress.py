@@ -34,7 +34,7 @@ def test_not_a_terminal_logs_and_prints_nothing(caplog: pytest.LogCaptureFixture
 def test_not_a_terminal_is_silent_between_intervals(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="progress")
     with Progress("x", total=10, stream=io.StringIO(), log_every_s=3600.0) as p:
-        for i in range(10):
+        for _ in range(10):
             p.update()
     assert p.done == 10
     assert caplog.records == []
