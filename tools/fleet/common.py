@@ -1,4 +1,4 @@
-"""Broker options shared by the fleet commands; the connection itself is tools.ota.push's."""
+"""Broker options shared by the fleet and OTA commands; the connection itself is tools.ota.push's."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def add_broker_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("broker")
     g.add_argument("--host", default="127.0.0.1", help="MQTT broker host")
     g.add_argument("--port", type=int, default=1883, help="MQTT broker port")
-    g.add_argument("--prefix", default="digit-agent", help="topic prefix of the fleet (mqtt.topic_prefix)")
+    g.add_argument("--prefix", default="digit-agent", help="topic prefix of the devices (their mqtt.topic_prefix)")
     g.add_argument("--username", default="", help="MQTT user name (empty: anonymous)")
     g.add_argument("--password-file", default="", help="file holding the password (never on the command line)")
     g.add_argument("--tls-ca", default="", help="CA bundle; turns TLS on")
@@ -25,4 +25,4 @@ def connection(args: argparse.Namespace, role: str) -> Connection:
     """A :class:`Connection` with a client id unique to this process (two operators never collide)."""
     password = Path(args.password_file).read_text().strip() if args.password_file else ""
     return Connection(host=args.host, port=args.port, username=args.username, password=password,
-                      tls_ca=args.tls_ca, client_id=f"fleet-{role}-{os.getpid()}")
+                      tls_ca=args.tls_ca, client_id=f"digit-agent-{role}-{os.getpid()}")

@@ -31,8 +31,9 @@ from typing import Any, Optional
 from agent.control.ota.keys import keyid_of, parse_public_key, raw_public
 
 from ..clihelp import HelpFormatter, prog
+from ..fleet.common import add_broker_args, connection
 from .package import PackageSpec, build_manifest, generate_key, load_payload, load_private_key, sign
-from .push import Connection, Pusher, StatusWatch, connect, read_manifest
+from .push import Pusher, StatusWatch, connect, read_manifest
 
 __all__ = ["main", "parser"]
 
@@ -93,11 +94,6 @@ def _package(a: argparse.Namespace) -> int:
     return 0
 
 
-def _conn(a: argparse.Namespace) -> Connection:
-    password = Path(a.password_file).read_text().strip() if a.password_file else ""
-    return Connection(a.host, a.port, a.username, password, a.tls_ca)
-
-
 def _push(a: argparse.Namespace) -> int:
     env = Path(a.envelope).read_bytes()
     model = load_payload(Path(a.model)).data
@@ -111,7 +107,7 @@ def _push(a: argparse.Namespace) -> int:
             with lock:
                 print(_line(device, doc), flush=True)
 
-    pusher = Pusher(_conn(a), a.prefix, env, model, m, rate=a.rate)
+    pusher = Pusher(connection(a, "ota"), a.prefix, env, model, m, rate=a.rate)
     pusher.on_status = show
     try:
         pusher.send_manifest(device=a.device or "", group=a.group or "")
@@ -156,7 +152,7 @@ def _watch(a: argparse.Namespace) -> int:
         if not a.job and doc.get("job"):
             watch.job = str(doc["job"])
 
-    client, _ = connect(_conn(a), on_message, [f"{a.prefix}/{a.device}/ota/status"])
+    client, _ = connect(connection(a, "ota"), on_message, [f"{a.prefix}/{a.device}/ota/status"])
     try:
         return _wait(watch, [a.device], 1, a.timeout)
     finally:
@@ -165,12 +161,7 @@ def _watch(a: argparse.Namespace) -> int:
 
 
 def _broker_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--host", default="127.0.0.1", help="MQTT broker host")
-    sp.add_argument("--port", type=int, default=1883, help="MQTT broker port")
-    sp.add_argument("--username", default="", help="MQTT user name (empty: anonymous)")
-    sp.add_argument("--password-file", default="", help="file holding the MQTT password (never on the command line)")
-    sp.add_argument("--tls-ca", default="", help="CA bundle (PEM); turns TLS on")
-    sp.add_argument("--prefix", default="digit-agent", help="topic prefix of the devices (their mqtt.topic_prefix)")
+    add_broker_args(sp)
     sp.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every device to finish")
 
 
