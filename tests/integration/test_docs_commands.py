@@ -55,6 +55,8 @@ NEEDS_DEVICE = {
 }
 # ffmpeg reading /dev/video0 needs the USB camera; ffmpeg itself is checked to be installable only.
 DEVICE_ARGS = {"/dev/video0": "a USB camera"}
+# Console scripts of the operator extra (pyproject [project.scripts]) and the module each runs.
+OPERATOR_COMMANDS = {"digit-agent-ota": "tools.ota", "digit-agent-fleet": "tools.fleet"}
 # Read-only or cheap commands that are really run (others are dry-run).
 RUN_HERE = {("digit-agent", "check-config"), ("digit-agent", "selftest"), ("digit-agent", "version")}
 # Options whose value the command writes (not checked to exist in the repository).
@@ -152,7 +154,8 @@ def help_blocks() -> list[list[Command]]:
     blocks = []
     for module in HELP_MODULES:
         text = _help(module)
-        for ex in re.findall(r"^ {2,}((?:python -m |digit-agent )(?:.*\\\n)*.*)$", text, re.MULTILINE):
+        for ex in re.findall(r"^ {2,}((?:python -m |digit-agent(?:-ota|-fleet)? )(?:.*\\\n)*.*)$", text,
+                             re.MULTILINE):
             blocks.append(_split(ex, f"python -m {module} --help"))
     return blocks
 
@@ -233,6 +236,8 @@ def _check(cmd: Command) -> str:
     if prog == "make":
         _run(["make", "-n", *argv[1:]], cmd)
         return "dry-run"
+    if prog in OPERATOR_COMMANDS:  # the installed form of python -m tools.ota / tools.fleet
+        return _check(Command(cmd.where, ("python", "-m", OPERATOR_COMMANDS[prog], *argv[1:])))
     if prog in ("python", "python3") and argv[1:2] == ["-m"]:
         module, args = argv[2], argv[3:]
         if module == "agent":

@@ -16,11 +16,11 @@ from tools.fleet.__main__ import main as fleet
 
 pytestmark = pytest.mark.integration
 
-# Forms the agent itself does not publish but an older release or a hand-made config may have left.
-_DEVICE_BASED = ("homeassistant/device/ha-dev/config",
-                 {"dev": {"ids": "digit_agent_ha-dev", "name": "ha-dev"},
-                  "o": {"name": "digit-agent"},
-                  "cmps": {"d": {"p": "sensor", "unique_id": "ha_dev_d", "state_topic": "digit-agent/ha-dev/health"}}})
+# The agent publishes the device-based form; these are what the per-entity layout (discovery_mode =
+# "component", or an older release) and a hand-made config leave behind.
+_PER_ENTITY = ("homeassistant/sensor/ha-dev/last_digit/config",
+               {"device": {"identifiers": ["digit_agent_ha-dev"]}, "unique_id": "digit_agent_ha-dev_last_digit",
+                "state_topic": "digit-agent/ha-dev/health"})
 _NO_NODE = ("homeassistant/sensor/ha_dev_extra/config",
             {"~": "digit-agent/ha-dev", "stat_t": "~/health", "unique_id": "ha_dev_extra"})
 _NEIGHBOUR = ("homeassistant/sensor/other/last_digit/config",
@@ -52,11 +52,11 @@ def test_retire_clears_every_retained_message_of_the_device(broker: Broker, caps
     pub.publish("ota/status", json.dumps({"job": "j1", "state": "committed"}).encode(), 1, retain=True)
     assert pub.wait_connected(10) and pub.flush(10)
     col = Collector(broker, "unused/ack")  # a publisher; the collector needs a subscription
-    for topic, doc in (_DEVICE_BASED, _NO_NODE, _NEIGHBOUR, _UNRELATED):
+    for topic, doc in (_PER_ENTITY, _NO_NODE, _NEIGHBOUR, _UNRELATED):
         col.publish(topic, json.dumps(doc), retain=True)
     col.publish("digit-agent/other/status", "online", retain=True)
     col.close()
-    own = {"digit-agent/ha-dev/status", "digit-agent/ha-dev/ota/status", _DEVICE_BASED[0], _NO_NODE[0]}
+    own = {"digit-agent/ha-dev/status", "digit-agent/ha-dev/ota/status", _PER_ENTITY[0], _NO_NODE[0]}
     own |= {m.topic for m in discovery_messages(cfg)}
 
     # Still running: refused, nothing removed.

@@ -5,9 +5,9 @@ A device's retained messages outlive it: ``<prefix>/<id>/status`` (``online``/``
 device in Home Assistant forever. Retire subscribes to ``<prefix>/<id>/#`` and ``<ha_prefix>/#``,
 collects the retained messages the broker hands over, and clears (empty retained payload) those of
 the device: everything under its own topic, and every discovery config that names it — in either
-the device-based form (``<ha_prefix>/device/<node>/config``) or the single-component form
-(``<ha_prefix>/<component>/[<node>/]<object>/config``) — recognised by the device identifier
-``digit_agent_<node>`` or by a topic of the device inside the config. A device that still reports
+the device-based form (``<ha_prefix>/device/<id>/config``) or the single-component form
+(``<ha_prefix>/<component>/[<id>/]<object>/config``) — recognised by the device identifier
+``digit_agent_<id>`` or by a topic of the device inside the config. A device that still reports
 ``online`` is refused without ``--force`` (it would publish its status again).
 """
 
@@ -21,8 +21,6 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
-
-from agent.publish.discovery import node_id
 
 from ..ota.push import connect
 from .common import add_broker_args, connection
@@ -66,7 +64,7 @@ def belongs_to(topic: str, payload: bytes, device: str, prefix: str, ha_prefix: 
         return False
     dev = doc.get("device", doc.get("dev")) or {}
     ids = dev.get("identifiers", dev.get("ids", [])) if isinstance(dev, dict) else []
-    if f"digit_agent_{node_id(device)}" in ([ids] if isinstance(ids, str) else _strings(ids)):
+    if f"digit_agent_{device}" in ([ids] if isinstance(ids, str) else _strings(ids)):
         return True
     # A config that reads or commands the device's topics (the "~" base topic may abbreviate them).
     own = f"{prefix}/{device}"
