@@ -120,6 +120,10 @@ def test_quick_per_frame_side_by_side_is_complete(quick_results: tuple[Path, str
     for key in ("inference", "preprocess_28px", "preprocess_40px", "preprocess_64px", "encode", "serial_decode"):
         assert math.isfinite(pieces[key]) and pieces[key] > 0, key
     assert 0 < pf["inference_p50_us"] <= pf["inference_p99_us"]
+    for key in ("daemon_over_inference", "daemon_over_naive"):
+        per_round = pf["ratios"][f"{key}_rounds"]
+        assert len(per_round) == pf["rounds"] and all(math.isfinite(r) and r > 0 for r in per_round)
+        assert min(per_round) <= pf["ratios"][key] <= max(per_round)
     ratios = {t["target"]: t for t in doc["targets"] if t["unit"] == "×" and "÷" in t["target"]}
     wanted = ["daemon CPU per frame ÷ bare inference", "daemon CPU per frame ÷ naive script's",
               "frame→result p99 at 100 fps ÷", "frame→result p99 at 500 fps ÷", "preprocessing 28×28 px ÷",

@@ -138,6 +138,10 @@ def run_perframe(opts: E2EOptions, broker: Broker, rounds: int, window_s: float,
         d_tap.close()
         n_tap.close()
     pieces = {k: round(float(np.median([h["cpu_us"][k] for h in hot])), 2) for k in hot[0]["cpu_us"]}
+    # Each round's daemon, naive and hot-loop figures are seconds apart: their ratios drift less
+    # with the host's load than ratios of medians taken over the whole run.
+    over_inf = [d["cpu_us_per_frame"] / h["cpu_us"]["inference"] for d, h in zip(daemon_rows, hot)]
+    over_naive = [d["cpu_us_per_frame"] / n["cpu_us_per_frame"] for d, n in zip(daemon_rows, naive_rows)]
     lat = [h["inference_latency"] for h in hot]
     return {
         "rounds": rounds, "window_s": window_s, "pinned_cpus": sorted(cpus) if cpus else None,
@@ -153,6 +157,10 @@ def run_perframe(opts: E2EOptions, broker: Broker, rounds: int, window_s: float,
                   "least_preempted_round": min(naive_rows, key=lambda r: r["preempted_per_frame"]),
                   "rounds": naive_rows},
         "pieces_cpu_us": pieces,
+        "ratios": {"daemon_over_inference": round(float(np.median(over_inf)), 3),
+                   "daemon_over_naive": round(float(np.median(over_naive)), 3),
+                   "daemon_over_inference_rounds": [round(r, 3) for r in over_inf],
+                   "daemon_over_naive_rounds": [round(r, 3) for r in over_naive]},
         "inference_p50_us": round(float(np.median([x["p50_us"] for x in lat])), 2),
         "inference_p99_us": round(float(np.median([x["p99_us"] for x in lat])), 2),
         "hotloop_rounds": [h["cpu_us"] for h in hot], "cobs_package": hot[0]["cobs_package"],

@@ -156,10 +156,12 @@ def plumbing_targets(e2e: dict[str, Any]) -> list[dict[str, Any]]:
     pieces = pf["pieces_cpu_us"]
     inf = _get(pieces, "inference")
     daemon = _get(pf["daemon"], "cpu_us_per_frame")
-    out = [_verdict("daemon CPU per frame ÷ bare inference CPU (QoS 0, one core)", _ratio(daemon, inf), 2.0,
-                    unit="×"),
+    paired = pf.get("ratios") or {}  # median of per-round ratios; older files: ratio of medians
+    out = [_verdict("daemon CPU per frame ÷ bare inference CPU (QoS 0, one core)",
+                    _get(paired, "daemon_over_inference") or _ratio(daemon, inf), 2.0, unit="×"),
            _verdict("daemon CPU per frame ÷ naive script's (same core, broker, model)",
-                    _ratio(daemon, _get(pf["naive"], "cpu_us_per_frame")), 0.5, unit="×")]
+                    _get(paired, "daemon_over_naive") or _ratio(daemon, _get(pf["naive"], "cpu_us_per_frame")),
+                    0.5, unit="×")]
     p99 = _get(pf, "inference_p99_us")
     for rate in (100, 500):
         r = e2e.get(f"replay_{rate}fps")
@@ -196,9 +198,14 @@ def perframe_table(e2e: dict[str, Any]) -> str:
         rows.append(["serial decoder, the cobs package (reference)", p["serial_decode_cobs_package"], None])
     for r in rows:
         r.append(round(float(r[1]) / inf, 2) if r[1] is not None and inf else None)
+    paired = pf.get("ratios") or {}
+    rounds = (f" (the verdicts on the daemon's ratios use the median of each round's ratio: "
+              f"{paired['daemon_over_inference']}× the model, {paired['daemon_over_naive']}× the naive script)"
+              if paired else "")
     text = (f"\nSide by side on CPU {pf['pinned_cpus']}, model file {pf.get('model')}: {pf['rounds']} rounds of "
-            f"{pf['window_s']} s each, medians. Hot-loop inference p50 {pf['inference_p50_us']} µs, p99 "
-            f"{pf['inference_p99_us']} µs; frame→subscriber p99 over the pty at 100 fps: {sub.get('p99_us')} µs.\n")
+            f"{pf['window_s']} s each, medians{rounds}. Hot-loop inference p50 "
+            f"{pf['inference_p50_us']} µs, p99 {pf['inference_p99_us']} µs; frame→subscriber p99 over the pty "
+            f"at 100 fps: {sub.get('p99_us')} µs.\n")
     quiet = [(who, pf[who].get("least_preempted_round")) for who in ("daemon", "naive")]
     if all(q for _, q in quiet):
         text += ("Least disturbed round (fewest involuntary context switches per frame: other processes taking "
