@@ -115,15 +115,32 @@ def _sample(proc: psutil.Process, t0: float, counter: _Counter) -> Optional[Samp
 
 
 def _held_fds(proc: psutil.Process, reads: int = 3) -> int:
-    """Open fds, ignoring one open for a moment (e.g. the health thread reads /proc and /sys files at
-    the same period as these samples): catching a read in progress is not a leak. The fewest of a
-    few reads 2 ms apart; a leaked fd stays open and raises all of them. (The CI soak once saw
-    [9, 10] with single reads.)"""
-    fewest = proc.num_fds()
+    """Open fds, without those on /proc and /sys files: the health thread opens and closes a few at
+    the same period as these samples, and on a busy machine one can stay open for milliseconds while
+    the thread is descheduled (the CI soak saw [9, 10], also with the fewest of three reads 2 ms
+    apart). Those reads are the same every interval, so a leak among them would show in threads/RSS;
+    a leaked socket, pipe or file elsewhere stays open and raises every read. The fewest of a few."""
+    fewest = _fds_not_proc_sys(proc.pid)
     for _ in range(reads - 1):
         time.sleep(0.002)
-        fewest = min(fewest, proc.num_fds())
+        fewest = min(fewest, _fds_not_proc_sys(proc.pid))
     return fewest
+
+
+def _fds_not_proc_sys(pid: int) -> int:
+    base = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        raise psutil.NoSuchProcess(pid) from None
+    n = 0
+    for name in names:
+        try:
+            target = os.readlink(f"{base}/{name}")
+        except FileNotFoundError:
+            continue  # closed since the listing: transient
+        n += not target.startswith(("/proc/", "/sys/"))
+    return n
 
 
 def host_steal_s() -> float:
