@@ -23,8 +23,11 @@ lint:
 typecheck:
 	$(VENV)/bin/mypy
 
-pytest:                     ## progress per test file even into a pipe (-u), the 15 slowest tests at the end
-	$(PY) -u -m pytest --durations=15
+# Two workers, whole files each (module fixtures stay shared): most tests wait on daemons, brokers
+# and ptys, and every test must pass with the other core busy anyway. Unbuffered (-u): progress
+# shows even into a pipe; the 15 slowest tests are listed at the end.
+pytest:                     ## the whole suite on 2 workers
+	$(PY) -u -m pytest -n 2 --dist loadfile --durations=15
 
 include tools/model/Makefile   # model: rebuild models/ from MNIST (train, export, quantize, validate)
 

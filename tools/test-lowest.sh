@@ -35,11 +35,11 @@ pip_() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@"; }
 say "installing the lowest versions (tools/lowest-deps.txt) and the test tools"
 pip_ --upgrade pip  # an old distribution pip cannot install a pyproject-only package in editable mode
 pip_ -c tools/lowest-deps.txt -r tools/lowest-deps.txt
-pip_ -c tools/lowest-deps.txt pytest pytest-timeout hypothesis onnx
+pip_ -c tools/lowest-deps.txt pytest pytest-timeout pytest-xdist hypothesis onnx
 pip_ --no-deps -e .
 say "$("$VENV/bin/python" -V) with $("$VENV/bin/python" -c 'import onnxruntime, numpy, paho.mqtt, psutil, cryptography
 print(f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}, paho-mqtt {paho.mqtt.__version__}, "
       f"psutil {psutil.__version__}, cryptography {cryptography.__version__}")')"
-say "pytest (progress per file)"
-"$VENV/bin/python" -u -m pytest -p no:cacheprovider tests/unit \
+say "pytest (2 workers, as make pytest)"
+"$VENV/bin/python" -u -m pytest -p no:cacheprovider -n 2 --dist loadfile --durations=10 tests/unit \
   tests/integration/test_daemon.py tests/integration/test_publisher.py tests/integration/test_ota_update.py
