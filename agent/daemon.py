@@ -195,11 +195,13 @@ class Daemon:
         self.publisher.publish("health", encode_health(doc), self.cfg.mqtt.qos)
 
     def _publish_digit(self, digit: int, confidence: float, seq: int) -> None:
-        """A new digit (see ``mqtt.digit_debounce_frames``): retained, for HA's event and last-digit entities."""
+        """A new digit (see ``mqtt.digit_debounce_frames``): retained, for HA's event and last-digit
+        entities; through the retained lane (never lost to a result overflow, in order), not sticky
+        (sent again on a reconnect it would fire Home Assistant's event twice)."""
         doc = {"event_type": str(digit), "digit": digit, "confidence": round(confidence, 4), "seq": seq,
                "boot_id": self.loop.boot_id, "ts": round(time.time(), 3)}
-        self.publisher.publish("digit", json.dumps(doc, separators=(",", ":")).encode(), self.cfg.mqtt.qos,
-                               retain=True)
+        self.publisher.publish_retained("digit", json.dumps(doc, separators=(",", ":")).encode(),
+                                        self.cfg.mqtt.qos, sticky=False)
 
     def _stopping(self) -> None:
         log.info("stopping: draining frames and flushing MQTT")

@@ -1,4 +1,4 @@
-"""The retained lane: the device's retained state (discovery, ``ota/status``) kept apart from the
+"""The retained lane: the device's retained state (discovery, ``ota/status``, the digit) kept apart from the
 result outbox, so that no result overflow can ever drop it.
 
 Every message put here is sent, in order, before any queued result (a watcher of ``ota/status``
