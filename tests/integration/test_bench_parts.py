@@ -173,3 +173,17 @@ def test_variants_side_by_side_report_served_over_fastest(tmp_path: Path) -> Non
     assert name in ("int8", "fp32") and path == card.parent / f"digit.{name}.onnx"
     single = REPO / "models" / "digit_int8.onnx"
     assert served_variant(single) == ("int8", single)
+
+
+def test_frontier_lists_every_shipped_variant() -> None:
+    from tools.bench.frontier import variant_entries
+
+    card_path = REPO / "models" / "digit.card.json"
+    if not card_path.exists():
+        pytest.skip("no model-version card (run `make model`)")
+    card = json.loads(card_path.read_text())
+    entries = variant_entries(REPO / "models")
+    assert [e.path.name for e in entries] == [v["file"] for v in card["variants"]]
+    assert all(e.path.is_file() and e.mode == "engine" for e in entries)
+    assert {e.precision for e in entries} == {"int8", "fp32"}
+    assert variant_entries(REPO / "tests") == []  # no card there: no rows

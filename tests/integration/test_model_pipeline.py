@@ -30,17 +30,24 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     )  # fmt: skip
     print(f"pipeline smoke run: {time.monotonic() - t0:.0f} s")  # a figure, not a verdict
     assert rc == 0
-    model, card = out / "digit_int8.onnx", json.loads((out / "digit_int8.card.json").read_text())
-    assert card["size_bytes"] == model.stat().st_size <= 16 * 1024
+    card = json.loads((out / "digit.card.json").read_text())
+    model = out / "digit.int8.onnx"
+    assert card["file"] == model.name and card["size_bytes"] == model.stat().st_size <= 16 * 1024
+    variants = {v["name"]: v for v in card["variants"]}
+    assert [v["name"] for v in card["variants"]] == ["int8", "fp32"]
+    assert variants["int8"]["sha256"] == card["sha256"] and variants["fp32"]["file"] == "digit.fp32.onnx"
+    assert variants["fp32"]["size_bytes"] == (out / "digit.fp32.onnx").stat().st_size
+    assert variants["int8"]["macs"] == variants["fp32"]["macs"] > 0
     assert card["calibration"]["images"] == 1000
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     with np.load(out / "golden.npz") as g:
         assert g["images"].shape == (300, 28, 28)
     x = np.zeros((4, 1, 28, 28), np.float32)
-    (probs,) = sess.run(["probs"], {"input": x})
-    assert probs.shape == (4, 10)
+    for v in card["variants"]:
+        sess = ort.InferenceSession(str(out / v["file"]), providers=["CPUExecutionProvider"])
+        (probs,) = sess.run(["probs"], {"input": x})
+        assert probs.shape == (4, 10)
     # A few hundred steps already learn digits; through the daemon's preprocessing too.
-    assert card["accuracy"]["int8_test"] > 0.8
+    assert card["accuracy"]["int8_test"] > 0.8 and variants["fp32"]["test_accuracy"] > 0.8
     assert card["accuracy"]["agreement"] > 0.9
     assert (tmp_path / "work" / "digit_fp32.onnx").exists()
     # Both recipes were compared; the shipped one was measured for latency on validation inputs.

@@ -20,7 +20,7 @@ import numpy as np
 from tools.bench.graph import graph_sizes
 from tools.bench.machine import load_average
 
-__all__ = ["SEED_FRONTIER", "FrontierOptions", "ModelEntry", "run_frontier", "specs", "test_inputs"]
+__all__ = ["SEED_FRONTIER", "FrontierOptions", "ModelEntry", "run_frontier", "specs", "test_inputs", "variant_entries"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,22 @@ def _measure(entry: ModelEntry, inputs: Path, runs: int) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def variant_entries(models_dir: Path) -> list[ModelEntry]:
+    """Every variant listed by the model-version card (models/digit.card.json), served by the engine."""
+    card_path = models_dir / "digit.card.json"
+    if not card_path.exists():
+        return []
+    from agent.inference.model import read_card
+
+    card = read_card(card_path, str(card_path))
+    arch = str(card.get("training", {}).get("arch", "?"))
+    return [ModelEntry(f"{v['name']} variant ({arch})", models_dir / v["file"], "engine",
+                       "fp32" if v["quant_format"] == "float" else "int8",
+                       f"model version {card['version']}, {v['macs']:,} conv MACs",
+                       {"arch": arch, "macs": v["macs"], "macs_float": v.get("macs_float")})
+            for v in card["variants"]]
+
+
 def _entries(opts: FrontierOptions) -> list[ModelEntry]:
     shipped = opts.models_dir / "digit_int8.onnx"
     rows = [ModelEntry("int8 deployed", shipped, "engine", "int8", "the shipped model")]
@@ -99,6 +115,7 @@ def _entries(opts: FrontierOptions) -> list[ModelEntry]:
     assert b_lenet.int8 is not None and b_tiny.int8 is not None
     return [
         *rows,
+        *variant_entries(opts.models_dir),
         ModelEntry("fp32 baseline (LeNet-style)", b_lenet.fp32, "engine", "fp32", "", b_lenet.meta),
         ModelEntry("fp32 baseline, naive ORT", b_lenet.fp32, "naive", "fp32",
                    "default SessionOptions + session.run", b_lenet.meta),

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["graph_sizes"]
+__all__ = ["conv_macs", "graph_sizes"]
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
@@ -67,10 +67,11 @@ def _peak_live(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
     return peak
 
 
-def _conv_macs(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
-    """Multiply-accumulates of the Conv/QLinearConv nodes at batch 1 (output elements x kernel volume)."""
+def _conv_macs(model: onnx.ModelProto, sizes: dict[str, int]) -> dict[str, int]:
+    """Multiply-accumulates of the Conv/QLinearConv nodes at batch 1 (output elements x kernel
+    volume): ``total`` and the ``float`` part (Conv nodes; the rest runs as int8)."""
     weights = {t.name: t for t in model.graph.initializer}
-    macs = 0
+    macs = {"total": 0, "float": 0}
     for node in model.graph.node:
         if node.op_type not in ("Conv", "QLinearConv"):
             continue
@@ -78,8 +79,16 @@ def _conv_macs(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
         if w is None:
             continue
         elem = 4 if node.op_type == "Conv" else 1  # f32 vs 8-bit outputs
-        macs += sizes.get(node.output[0], 0) // elem * int(np.prod(w.dims[1:]))
+        n = sizes.get(node.output[0], 0) // elem * int(np.prod(w.dims[1:]))
+        macs["total"] += n
+        macs["float"] += n if node.op_type == "Conv" else 0
     return macs
+
+
+def conv_macs(path: Path) -> dict[str, int]:
+    """Conv multiply-accumulates of the model file at batch 1: ``total`` and its ``float`` part."""
+    model = onnx.load(str(path))
+    return _conv_macs(model, _tensor_bytes(model))
 
 
 def graph_sizes(path: Path) -> dict[str, Any]:
@@ -94,7 +103,7 @@ def graph_sizes(path: Path) -> dict[str, Any]:
         "weight_bytes": _weight_bytes(model),
         "peak_activation_bytes": _peak_live(model, act),
         "largest_tensor_bytes": max(act.values()) if act else 0,
-        "macs": _conv_macs(model, sizes),
+        "macs": _conv_macs(model, sizes)["total"],
         "nodes": len(model.graph.node),
         "ops": sorted({n.op_type for n in model.graph.node}),
     }

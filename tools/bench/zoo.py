@@ -31,7 +31,7 @@ import tools.model.train as train_mod
 from tools.model import data as mnist
 from tools.model.compact import compact
 from tools.model.export import export_onnx
-from tools.model.net import ARCHS, DigitNet, count_params
+from tools.model.net import ARCHS, DigitNet, Layer, count_params
 from tools.model.pipeline import calibration_set
 from tools.model.quantize import QuantVariant, preprocess_for_quant, quantize
 from tools.model.train import Split, TrainConfig, split_train
@@ -101,8 +101,9 @@ def _convs(net: DigitNet) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     return [(m, seq[i + 1]) for i, m in enumerate(seq) if isinstance(m, nn.Conv2d)]  # type: ignore[misc]
 
 
-def pruned_arch(arch: str, keep: float) -> list[tuple[int, int] | str]:
-    return [s if isinstance(s, str) else (max(1, round(s[0] * keep)), s[1]) for s in ARCHS[arch]]
+def pruned_arch(arch: str, keep: float) -> list[Layer]:
+    """``arch`` with each conv's channel count scaled by ``keep`` (kernel and stride kept)."""
+    return [s if isinstance(s, str) else (max(1, round(s[0] * keep)), *s[1:]) for s in ARCHS[arch]]  # type: ignore[misc]
 
 
 def prune(net: DigitNet, arch: str, keep: float) -> DigitNet:

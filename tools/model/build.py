@@ -1,4 +1,5 @@
-"""`make model`: rebuild models/digit_int8.onnx, its card and golden set from scratch.
+"""`make model`: rebuild the model variants (models/digit.int8.onnx, models/digit.fp32.onnx), their
+card (models/digit.card.json) and the golden set from scratch.
 
     python -m tools.model.build --out models --docs docs
 
@@ -19,21 +20,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from agent.inference.model import read_card
 from agent.preprocess import BOX, MNIST_MEAN, MNIST_STD
+from tools.bench.graph import conv_macs
 from tools.model import pipeline
-from tools.model.card import write_card, write_golden
+from tools.model.card import CARD_NAME, variant_entry, write_card, write_golden
+from tools.model.compact import compact
 from tools.model.data import load_mnist
+from tools.model.evaluate import probs_onnx, session
 from tools.model.export import DEFAULT_OPSET, export_onnx
 from tools.model.net import count_params
 from tools.model.report import plot_history, write_report
+from tools.model.search import load_search
 from tools.model.train import Split, TrainConfig, TrainResult, load_checkpoint, save_checkpoint, split_train, train
 
 __all__ = ["main", "parse_args"]
 
 log = logging.getLogger(__name__)
+
+INT8_FILE, FP32_FILE = "digit.int8.onnx", "digit.fp32.onnx"
+LEGACY_CARD = "digit_int8.card.json"  # the single-file card of builds before variants
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-version", type=int, default=0,
                    help="the card's version (OTA anti-rollback compares it); default: the card in --out + 1")
     p.add_argument("--no-sensitivity", action="store_true")
+    p.add_argument("--search-results", type=Path, default=None,
+                   help="search.jsonl of tools.model.search (the architecture choice) for the report")
     return p.parse_args(argv)
 
 
@@ -137,11 +148,34 @@ def _card_fields(
     }
 
 
-def _previous_version(card: Path) -> int:
+def _previous_version(out: Path) -> int:
     """Version of the card being replaced (0 if none): a rebuilt model is a new version. An
     unreadable card stops the build (ModelError) rather than restart at 1, which a fleet's
-    anti-rollback would refuse."""
-    return int(read_card(card, str(card)).get("version", 0))
+    anti-rollback would refuse. The single-file card of earlier builds counts too."""
+    cards = [out / CARD_NAME, out / LEGACY_CARD]
+    return max((int(read_card(c, str(c)).get("version", 0)) for c in cards if c.exists()), default=0)
+
+
+def _ship_fp32(fp32: Path, dest: Path, ev: pipeline.Evaluation) -> Path:
+    """The fp32 variant: the exported graph, compacted like the int8 one (checked output-exact)."""
+    onnx.save(compact(onnx.load(str(fp32))), str(dest))
+    if not np.array_equal(probs_onnx(session(dest), ev.x_val), probs_onnx(session(fp32), ev.x_val)):
+        raise RuntimeError(f"compaction changed the outputs of {fp32}")
+    return dest
+
+
+def _variants(paths: dict[str, Path], acc: dict[str, float], best: pipeline.Candidate) -> list[dict[str, Any]]:
+    """The card's ``variants``: int8 first (the default file), then fp32 — the same trained net.
+    MACs are counted in each file's own graph (tools.bench.graph.conv_macs)."""
+    q_fmt = "QDQ" if best.variant.fmt == "qdq" else "QOperator"
+    return [
+        variant_entry("int8", paths["int8"], q_fmt,
+                      {"golden": acc["golden_int8"], "test": acc["int8_test"],
+                       "transformed": acc["int8_transformed_test"]}, conv_macs(paths["int8"])),
+        variant_entry("fp32", paths["fp32"], "float",
+                      {"golden": acc["golden_fp32"], "test": acc["fp32_test"],
+                       "transformed": acc["fp32_transformed_test"]}, conv_macs(paths["fp32"])),
+    ]
 
 
 def _build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -154,13 +188,18 @@ def _build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ev = pipeline.Evaluation.build(split, test_x, test_y, args.seed)
     calib = pipeline.calibration_set(split, args.calib_images, args.seed)
     best, variants, prepped = pipeline.choose_variant(fp32, work, calib, ev, args)
-    shipped, golden = args.out / "digit_int8.onnx", args.out / "golden.npz"
-    shutil.copyfile(best.path, shipped)
-    metrics = pipeline.final_metrics(fp32, shipped, ev, variants, args.latency_runs, best.variant.tag)
+    paths = {"int8": args.out / INT8_FILE, "fp32": args.out / FP32_FILE}
+    golden = args.out / "golden.npz"
+    version = args.model_version or _previous_version(args.out) + 1
+    shutil.copyfile(best.path, paths["int8"])
+    _ship_fp32(fp32, paths["fp32"], ev)
+    metrics = pipeline.final_metrics(paths["fp32"], paths["int8"], ev, variants, args.latency_runs,
+                                     best.variant.tag)
     golden_idx = write_golden(golden, test_x, test_y, args.golden, args.seed)
-    metrics["accuracy"]["golden_int8"] = pipeline.golden_accuracy(shipped, golden)
+    for name, path in paths.items():
+        metrics["accuracy"][f"golden_{name}"] = pipeline.golden_accuracy(path, golden)
     fields = {
-        "version": args.model_version or _previous_version(args.out / "digit_int8.card.json") + 1,
+        "version": version,
         **_card_fields(cfg, result, split, command, _command(args.argv), best),
         **metrics,
         "calibration": {
@@ -169,16 +208,18 @@ def _build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "source": "training split (75% plain, 25% synthetic frames via Preprocessor)",
         },
         "golden": {"file": golden.name, "n": len(golden_idx), "source": "test set, seeded draw"},
-        "min_onnxruntime": pipeline.min_ort(shipped, golden, args.ort_versions),
+        "min_onnxruntime": pipeline.min_ort(paths["int8"], golden, args.ort_versions),
     }
-    card = write_card(args.out / "digit_int8.card.json", shipped, fields)
+    card = write_card(args.out / CARD_NAME, paths["int8"], fields,
+                      _variants(paths, metrics["accuracy"], best))
     if args.docs is not None:
         args.docs.mkdir(parents=True, exist_ok=True)
         plot_history(result.history, args.docs / "model-training.png")
         sqnr, one = (
             ({}, []) if args.no_sensitivity else pipeline.sensitivity(fp32, prepped, work, calib, ev, best.variant)
         )
-        write_report(args.docs / "model-report.md", card, variants, sqnr, one, "model-training.png")
+        search = load_search(args.search_results) if args.search_results else []
+        write_report(args.docs / "model-report.md", card, variants, sqnr, one, "model-training.png", search)
     return card
 
 
@@ -192,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work if args.work is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         card = _build(args, work)
-    acc = card["accuracy"]["int8_test"]
-    print(f"wrote {args.out / card['file']} ({card['size_bytes']} bytes), int8 test acc {acc:.4f}")
+    for v in card["variants"]:
+        print(f"wrote {args.out / v['file']} ({v['size_bytes']} bytes), test acc {v['test_accuracy']:.4f}")
     return 0
 
 

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-__all__ = ["CARD_FAMILY", "file_sha256", "model_io", "write_card", "write_golden"]
+__all__ = ["CARD_FAMILY", "CARD_NAME", "file_sha256", "model_io", "variant_entry", "write_card", "write_golden"]
 
 CARD_FAMILY = "digit-28x28"  # = the default ota.family: devices refuse a card of another family
+CARD_NAME = "digit.card.json"  # one card per model version, listing every variant file
 
 
 def file_sha256(path: Path) -> str:
@@ -48,8 +49,34 @@ def write_golden(path: Path, images: np.ndarray, labels: np.ndarray, n: int, see
     return idx
 
 
-def write_card(path: Path, model_path: Path, fields: dict[str, Any]) -> dict[str, Any]:
-    """Card = measured ``fields`` + facts read from the model file (hash, size, signature)."""
+def variant_entry(name: str, path: Path, quant_format: str, accuracy: dict[str, float],
+                  macs: dict[str, int]) -> dict[str, Any]:
+    """One ``variants`` row of the card: the file's own facts plus its measured accuracies.
+
+    ``accuracy``: golden / test / transformed (the daemon's input path); ``macs``: conv
+    multiply-accumulates in total and the part run in float (the rest runs as int8).
+    """
+    return {
+        "name": name,
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "size_bytes": path.stat().st_size,
+        "quant_format": quant_format,
+        "golden_accuracy": accuracy["golden"],
+        "test_accuracy": accuracy["test"],
+        "transformed_accuracy": accuracy["transformed"],
+        "macs": macs["total"],
+        "macs_float": macs["float"],
+    }
+
+
+def write_card(path: Path, model_path: Path, fields: dict[str, Any],
+               variants: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Card = measured ``fields`` + facts read from the model file (hash, size, signature).
+
+    ``model_path`` is the default file (old readers take top-level file/sha256/size_bytes);
+    ``variants``, when given, lists every file of this version and must include that one.
+    """
     io = model_io(model_path)
     card: dict[str, Any] = {
         "version": 1,
@@ -60,5 +87,9 @@ def write_card(path: Path, model_path: Path, fields: dict[str, Any]) -> dict[str
         **io,
         **fields,
     }
+    if variants is not None:
+        if not any(v["file"] == model_path.name and v["sha256"] == card["sha256"] for v in variants):
+            raise ValueError(f"{path}: the default file {model_path.name} is not among the variants")
+        card["variants"] = variants
     path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return card

@@ -11,13 +11,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from agent.inference.model import session_options
 from agent.preprocess import Preprocessor
 from tools.model.augment import preprocess_frames, synth_frames
 
 __all__ = [
     "bench_latency",
-    "latency_session",
+    "latency_passes",
     "predict_onnx",
     "probs_onnx",
     "session",
@@ -33,11 +32,6 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def latency_session(path: Path) -> ort.InferenceSession:
-    """The daemon's own session configuration, so measured latency is what the device sees."""
-    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def probs_onnx(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
@@ -65,22 +59,46 @@ def preprocess_test(frames: np.ndarray, pre: Preprocessor) -> np.ndarray:
     return preprocess_frames(frames, pre)
 
 
-def bench_latency(paths: dict[str, Path], x: np.ndarray, runs: int = 3000, block: int = 50) -> dict[str, float]:
-    """Median single-sample latency (us) per model over ``runs`` calls each.
+def bench_latency(
+    paths: dict[str, Path], x: np.ndarray, runs: int = 3000, block: int = 50, repeats: int = 1
+) -> dict[str, float]:
+    """Median batch-1 latency (µs) per model, served the daemon's way: its session options (one
+    thread, no spinning, full optimisation) and io-binding on preallocated buffers
+    (:class:`agent.inference.model.LoadedModel`), so a figure here is what the device pays per frame.
 
     Models are interleaved in blocks of ``block`` calls so that load from other processes on this
-    shared machine hits every model alike; inputs are cycled from ``x``.
+    shared machine hits every model alike; inputs are cycled from ``x``. With ``repeats`` > 1 the
+    whole interleaved pass runs that many times and the median of the per-pass medians is returned
+    (see :func:`latency_passes` for the passes themselves).
     """
-    sessions = {name: latency_session(p) for name, p in paths.items()}
-    feeds = [{"input": x[i : i + 1]} for i in range(min(len(x), 64))]
-    times: dict[str, list[int]] = {name: [] for name in sessions}
-    for sess in sessions.values():
+    passes = latency_passes(paths, x, runs, block, repeats)
+    return {name: statistics.median(p[name] for p in passes) for name in paths}
+
+
+def latency_passes(
+    paths: dict[str, Path], x: np.ndarray, runs: int, block: int = 50, repeats: int = 1
+) -> list[dict[str, float]]:
+    """Per-pass median latency (µs) of each model; see :func:`bench_latency`."""
+    from agent.inference.model import LoadedModel
+
+    models = {name: LoadedModel.load(p, batch_max=1, card={}) for name, p in paths.items()}
+    pool = x[: min(len(x), 64)]
+    for m in models.values():
         for i in range(100):  # warm-up: first runs allocate and page in
-            sess.run(["probs"], feeds[i % len(feeds)])
-    for start in range(0, runs, block):
-        for name, sess in sessions.items():
-            for i in range(start, min(start + block, runs)):
-                t0 = time.perf_counter_ns()
-                sess.run(["probs"], feeds[i % len(feeds)])
-                times[name].append(time.perf_counter_ns() - t0)
-    return {name: statistics.median(t) / 1000.0 for name, t in times.items()}
+            m.buffers(1)[0][0] = pool[i % len(pool)]
+            m.run(1)
+    passes = []
+    for rep in range(repeats):
+        times: dict[str, list[int]] = {name: [] for name in models}
+        for start in range(0, runs, block):
+            for name, m in models.items():
+                xin = m.buffers(1)[0]
+                for i in range(start, min(start + block, runs)):
+                    xin[0] = pool[i % len(pool)]
+                    t0 = time.perf_counter_ns()
+                    m.run(1)
+                    times[name].append(time.perf_counter_ns() - t0)
+        passes.append({name: statistics.median(t) / 1000.0 for name, t in times.items()})
+        log.info("latency pass %d/%d: %s", rep + 1, repeats,
+                 ", ".join(f"{k} {v:.1f} µs" for k, v in passes[-1].items()))
+    return passes

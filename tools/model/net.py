@@ -14,14 +14,24 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ARCHS", "DigitNet", "count_params", "export_module"]
+__all__ = ["ARCHS", "DigitNet", "Layer", "conv_layers", "conv_macs", "count_params", "export_module"]
 
-# (out_channels, kernel) per conv; "M" = 2x2 max-pool. The last entry feeds GAP -> 1x1 conv -> 10.
-ARCHS: dict[str, Sequence[tuple[int, int] | str]] = {
+# (out_channels, kernel[, stride]) per valid-padded conv; "M" = 2x2 max-pool. The last entry feeds
+# GAP -> 1x1 conv -> 10.
+Layer = tuple[int, int] | tuple[int, int, int] | str
+ARCHS: dict[str, Sequence[Layer]] = {
     "t8": [(8, 3), (16, 3), "M", (8, 1), (16, 3), (16, 3), (16, 3)],
     "t12": [(8, 3), (16, 3), "M", (16, 3), (24, 3), (24, 3)],
     "t13": [(8, 3), (16, 3), "M", (16, 1), (16, 3), (24, 3), (32, 3)],
     "t12w": [(8, 3), (16, 3), "M", (16, 3), (24, 3), (28, 3)],
+    # Device-class candidates (<= 0.4 M conv MACs, chosen on validation by tools.model.search).
+    # s16*: two stride-2 convs straight away (28 -> 13 -> 6); p*: one full-resolution conv, a
+    # max-pool, then a stride-2 conv. Channels are multiples of 16 where the layer is wide enough
+    # to matter for onnxruntime's kernels (tools/model/kernels.py).
+    "s16": [(16, 3, 2), (32, 3, 2), (32, 3)],
+    "s16k5": [(16, 5, 2), (32, 3, 2), (32, 3)],
+    "p8": [(8, 3), "M", (16, 3), (32, 3, 2), (16, 3)],
+    "p16": [(16, 3), "M", (32, 3, 2), (16, 3)],
 }
 
 
@@ -37,8 +47,8 @@ class DigitNet(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 continue
             assert isinstance(spec, tuple)
-            c_out, k = spec
-            layers += [nn.Conv2d(c_in, c_out, k, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            c_out, k, stride = (*spec, 1)[:3]
+            layers += [nn.Conv2d(c_in, c_out, k, stride=stride, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
             if dropout > 0 and k == 3:
                 layers.append(nn.Dropout2d(dropout))
             c_in = c_out
@@ -78,6 +88,29 @@ def export_module(net: DigitNet) -> nn.Module:
     net = net.eval()
     with torch.no_grad():
         return _Exported(net).eval()
+
+
+def conv_layers(arch: str, side: int = 28) -> list[dict[str, int]]:
+    """Every conv of ``arch`` in graph order, the 1x1 head last: channels, kernel, stride, output
+    side and multiply-accumulates at batch 1."""
+    rows, c_in = [], 1
+    for spec in ARCHS[arch]:
+        if spec == "M":
+            side //= 2
+            continue
+        assert isinstance(spec, tuple)
+        c_out, k, stride = (*spec, 1)[:3]
+        side = (side - k) // stride + 1
+        rows.append({"c_in": c_in, "c_out": c_out, "kernel": k, "stride": stride, "out_side": side,
+                     "macs": side * side * c_out * c_in * k * k})
+        c_in = c_out
+    rows.append({"c_in": c_in, "c_out": 10, "kernel": 1, "stride": 1, "out_side": 1, "macs": c_in * 10})
+    return rows
+
+
+def conv_macs(arch: str) -> int:
+    """Conv multiply-accumulates of one inference (pool/ReLU/softmax not counted)."""
+    return sum(r["macs"] for r in conv_layers(arch))
 
 
 def count_params(net: nn.Module) -> int:
