@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tools.model.kernels import fp32_path, int8_path, kernel_table
@@ -49,12 +51,28 @@ def test_architecture_choice_uses_validation_figures_within_budgets() -> None:
     from tools.model.search import choose_arch
 
     rows = [
-        {"arch": "big", "conv_macs": 900_000, "int8_size_bytes": 9000, "int8_val_acc": 0.999},
-        {"arch": "fat", "conv_macs": 300_000, "int8_size_bytes": 20000, "int8_val_acc": 0.998},
-        {"arch": "a", "conv_macs": 350_000, "int8_size_bytes": 15000, "int8_val_acc": 0.9940},
-        {"arch": "b", "conv_macs": 250_000, "int8_size_bytes": 12000, "int8_val_acc": 0.9937},
-        {"arch": "c", "conv_macs": 200_000, "int8_size_bytes": 10000, "int8_val_acc": 0.9920},
+        {"arch": "big", "conv_macs": 900_000, "int8_size_bytes": 9000, "int8_val_acc": 0.999, "epochs": 12},
+        {"arch": "fat", "conv_macs": 300_000, "int8_size_bytes": 20000, "int8_val_acc": 0.998, "epochs": 12},
+        {"arch": "a", "conv_macs": 350_000, "int8_size_bytes": 15000, "int8_val_acc": 0.9940, "epochs": 12},
+        {"arch": "b", "conv_macs": 250_000, "int8_size_bytes": 12000, "int8_val_acc": 0.9937, "epochs": 20},
+        {"arch": "b", "conv_macs": 250_000, "int8_size_bytes": 12000, "int8_val_acc": 0.9936, "epochs": 12},
+        {"arch": "c", "conv_macs": 200_000, "int8_size_bytes": 10000, "int8_val_acc": 0.9920, "epochs": 12},
     ]
-    assert choose_arch(rows)["arch"] == "b"  # within 0.05 pt of the best that fits, fewer MACs
+    best = choose_arch(rows)  # within 0.05 pt of the best that fits, fewer MACs, then fewer epochs
+    assert (best["arch"], best["epochs"]) == ("b", 12)
+    assert choose_arch(rows[:4])["epochs"] == 20
     with pytest.raises(ValueError, match="no candidate"):
         choose_arch(rows[:2])
+
+
+def test_search_rows_are_read_per_arch_and_epochs(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from tools.model.search import load_search
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"arch": "p8", "epochs": 12, "v": 1}\n{"arch": "p8", "epochs": 12, "v": 2}\n')
+    b.write_text('{"arch": "p8", "epochs": 20, "v": 3}\n\n')
+    assert [r["v"] for r in load_search(a, b)] == [2, 3]  # a re-run replaces its row
+    b.write_text('{"arch": "p8"}\n')
+    with pytest.raises(ValueError, match=r"b\.jsonl:1"):
+        load_search(b)

@@ -76,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-version", type=int, default=0,
                    help="the card's version (OTA anti-rollback compares it); default: the card in --out + 1")
     p.add_argument("--no-sensitivity", action="store_true")
-    p.add_argument("--search-results", type=Path, default=None,
-                   help="search.jsonl of tools.model.search (the architecture choice) for the report")
+    p.add_argument("--search-results", type=Path, nargs="*", default=[],
+                   help="search.jsonl files of tools.model.search (the architecture choice) for the report")
     return p.parse_args(argv)
 
 
@@ -218,7 +218,7 @@ def _build(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         sqnr, one = (
             ({}, []) if args.no_sensitivity else pipeline.sensitivity(fp32, prepped, work, calib, ev, best.variant)
         )
-        search = load_search(args.search_results) if args.search_results else []
+        search = load_search(*args.search_results)
         write_report(args.docs / "model-report.md", card, variants, sqnr, one, "model-training.png", search)
     return card
 

@@ -25,13 +25,12 @@ ARCHS: dict[str, Sequence[Layer]] = {
     "t13": [(8, 3), (16, 3), "M", (16, 1), (16, 3), (24, 3), (32, 3)],
     "t12w": [(8, 3), (16, 3), "M", (16, 3), (24, 3), (28, 3)],
     # Device-class candidates (<= 0.4 M conv MACs, chosen on validation by tools.model.search).
-    # s16*: two stride-2 convs straight away (28 -> 13 -> 6); p*: one full-resolution conv, a
-    # max-pool, then a stride-2 conv. Channels are multiples of 16 where the layer is wide enough
-    # to matter for onnxruntime's kernels (tools/model/kernels.py).
+    # s16*: two stride-2 convs straight away (28 -> 13 -> 6); p8: one full-resolution conv, a
+    # max-pool, a conv, then a stride-2 conv (26 -> 13 -> 11 -> 5 -> 3). Channel counts follow
+    # onnxruntime's conv kernels (tools/model/kernels.py): multiples of 16 from the second conv on.
     "s16": [(16, 3, 2), (32, 3, 2), (32, 3)],
     "s16k5": [(16, 5, 2), (32, 3, 2), (32, 3)],
     "p8": [(8, 3), "M", (16, 3), (32, 3, 2), (16, 3)],
-    "p16": [(16, 3), "M", (32, 3, 2), (16, 3)],
 }
 
 

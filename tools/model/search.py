@@ -68,28 +68,35 @@ def evaluate_candidate(
     }
 
 
-def load_search(path: Path) -> list[dict[str, Any]]:
-    """Rows of a search.jsonl (the last row per arch wins: a re-run replaces its candidate)."""
-    rows: dict[str, dict[str, Any]] = {}
+def load_search(*paths: Path) -> list[dict[str, Any]]:
+    """Rows of search.jsonl files (the last row per arch and epoch count wins: a re-run replaces
+    its candidate)."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in paths:
+        _read_rows(path, rows)
+    return list(rows.values())
+
+
+def _read_rows(path: Path, rows: dict[tuple[str, int], dict[str, Any]]) -> None:
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
                 row = json.loads(line)
-                rows[str(row["arch"])] = row
+                rows[(str(row["arch"]), int(row["epochs"]))] = row
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: not a search row: {exc}") from None
-    return list(rows.values())
 
 
 def choose_arch(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Among candidates within the MAC and size budgets, the best int8 validation accuracy; those
-    within ACC_TOLERANCE of it count as equal and the one with the fewest MACs wins."""
+    within ACC_TOLERANCE of it count as equal and the one with the fewest MACs (then the fewest
+    training epochs) wins."""
     ok = [r for r in rows if r["conv_macs"] <= MAX_MACS and r["int8_size_bytes"] <= MAX_BYTES]
     if not ok:
         raise ValueError(f"no candidate within {MAX_MACS} MACs and {MAX_BYTES} bytes: {rows}")
     top = max(float(r["int8_val_acc"]) for r in ok)
     return min((r for r in ok if float(r["int8_val_acc"]) >= top - ACC_TOLERANCE),
-               key=lambda r: (int(r["conv_macs"]), -float(r["int8_val_acc"])))
+               key=lambda r: (int(r["conv_macs"]), int(r["epochs"]), -float(r["int8_val_acc"])))
 
 
 def main(argv: list[str] | None = None) -> int:
