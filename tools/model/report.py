@@ -141,7 +141,8 @@ def write_report(
                  ["conv", "out", "macs", "fp32 AVX2", "fp32 AVX-512", "int8 AVX2", "int8 AVX-512",
                   "int8 ARM64 dot"]),
         "## Calibration / format comparison "
-        "(validation split; shipped: the fastest within 0.05 pt of the best val accuracy)",
+        "(validation split; shipped: among those within 0.05 pt of the best val accuracy, the fastest, where "
+        "latencies within 5 % count as equal and val accuracy, agreement and size then decide)",
         "",
         md_table(variants, ["tag", "size_bytes", "val_acc", "val_agreement", "val_latency_us", "latency_us"]),
         "## Single-sample latency (median, 1 thread, io-binding, interleaved, this build host)",
