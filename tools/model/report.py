@@ -83,7 +83,8 @@ def _head(card: dict[str, Any]) -> list[str]:
 
 
 _KERNELS_NOTE = (
-    "Channel counts are multiples of 16 so that every conv lands on onnxruntime's fast CPU kernels. "
+    "Channel counts are chosen for onnxruntime's fast CPU conv kernels (the first conv has 8 to keep "
+    "the MACs of the convs after it within budget). "
     "Rules as read in onnxruntime's source: fp32 `Conv` becomes `NchwcConv` in "
     "`onnxruntime/core/optimizer/nchwc_transformer.cc` (`TransformConv`) when C_in is below the NCHWc "
     "block or a multiple of it, C_out being padded to the block; the block is "
