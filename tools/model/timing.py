@@ -28,6 +28,7 @@ __all__ = ["main", "side_by_side"]
 def side_by_side(paths: dict[str, Path], x: np.ndarray, runs: int, repeats: int) -> dict[str, Any]:
     from tools.bench.machine import cpu_model, load_average, machine_info
 
+    load_before = load_average()
     passes = latency_passes(paths, x, runs, repeats=repeats)
     first = next(iter(paths))
     med = {name: statistics.median(p[name] for p in passes) for name in paths}
@@ -37,7 +38,7 @@ def side_by_side(paths: dict[str, Path], x: np.ndarray, runs: int, repeats: int)
     info = machine_info()
     return {"rows": rows, "runs_per_pass": runs, "repeats": repeats, "cpu_model": cpu_model(),
             "simd_flags": info["simd_flags"], "onnxruntime": info["onnxruntime"],
-            "load_average": [info["load_average_start"], load_average()]}
+            "load_average": [load_before, load_average()]}
 
 
 def main(argv: list[str] | None = None) -> int:
