@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: system packages (when root), the local virtual environment, the package.
 #   tools/bootstrap.sh runtime   - what the daemon needs (+ a broker for the demo)
-#   tools/bootstrap.sh dev       - everything the test suite needs (train, bench, dev extras)
+#   tools/bootstrap.sh dev       - everything the test suite needs (train, bench, dev, cluster extras)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want=${1:-dev}
@@ -69,8 +69,8 @@ if [ "$want" = dev ]; then
     say "installing torch 2.13.0 (the first time takes minutes)"
     pip_ "torch==2.13.0"
   fi
-  say "installing the package with its dev, train, bench and operator extras"
-  pip_ -e ".[dev,train,bench,operator]"
+  say "installing the package with its dev, train, bench, operator and cluster extras"
+  pip_ -e ".[dev,train,bench,operator,cluster]"
 else
   say "installing the package"
   pip_ -e .

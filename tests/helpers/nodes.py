@@ -79,7 +79,7 @@ class Got:
 class NodeCollector:
     """An MQTT 3.1.1 clean-session subscriber on one node (both brokers speak it); keeps every message."""
 
-    def __init__(self, node: Node, *topics: str, client_id: str, timeout: float = 30.0) -> None:
+    def __init__(self, node: Node, *topics: str, client_id: str, qos: int = 1, timeout: float = 30.0) -> None:
         self.node = node
         self.got: list[Got] = []
         self._lock = threading.Lock()
@@ -87,14 +87,19 @@ class NodeCollector:
         self._topics = topics
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
                              clean_session=True)
-        self.c.on_connect = lambda c, *_a: c.subscribe([(t, 1) for t in self._topics])
-        self.c.on_subscribe = lambda *_a: self._subscribed.set()
+        self.c.on_connect = lambda c, *_a: c.subscribe([(t, qos) for t in self._topics])
+        self.refused: list[str] = []  # SUBACK failures
+        self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
         self.c.connect(node.host, node.port, keepalive=10)
         self.c.loop_start()
         if not self._subscribed.wait(timeout):
             self.close()
             raise RuntimeError(f"could not subscribe on {node.address} within {timeout:g} s")
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, rcs: list[Any], _p: Any) -> None:
+        self.refused += [str(rc) for rc in rcs if rc.is_failure]
+        self._subscribed.set()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:

@@ -279,7 +279,7 @@ def test_bootstrap_dev_goes_on_when_everything_is_there(tmp_path: Path) -> None:
     rc, err, calls = bootstrap(tmp_path, "dev", 100, present=DEV_COMMANDS)
     assert rc == 0 and "ready" in err, err
     assert "apt-get" not in calls
-    assert "pip install --disable-pip-version-check -e .[dev,train,bench,operator]" in calls
+    assert "pip install --disable-pip-version-check -e .[dev,train,bench,operator,cluster]" in calls
 
 
 def test_bootstrap_runtime_stays_lenient(tmp_path: Path) -> None:
