@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a fresh machine: system packages (when root), the local virtual environment, the package.
 #   tools/bootstrap.sh runtime   - what the daemon needs (+ a broker for the demo)
-#   tools/bootstrap.sh dev       - everything the test suite needs (train, bench, dev, cluster extras)
+#   tools/bootstrap.sh dev       - everything the test suite needs (train, bench, dev, operator, cluster extras)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want=${1:-dev}
