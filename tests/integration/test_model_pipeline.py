@@ -19,6 +19,10 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     from tools.model.build import main
 
     out = tmp_path / "models"
+    search = tmp_path / "search.jsonl"  # an architecture comparison, as tools.model.search writes it
+    search.write_text(json.dumps({"arch": "cand-x", "conv_macs": 1, "params": 2, "epochs": 3, "fp32_val_acc": 0.5,
+                                  "int8_val_acc": 0.5, "agreement_val": 1.0, "int8_size_bytes": 4,
+                                  "train_minutes": 0.1, "recipe": "minmax-qdq-u8s8"}) + "\n")
     t0 = time.monotonic()
     rc = main(
         [
@@ -26,6 +30,7 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
             "--epochs", "10", "--max-steps", "200", "--train-subset", "6000", "--test-subset", "1000",
             "--methods", "minmax", "--recipes", "qoperator:u8:r7,qoperator:u8:r7:f1", "--calib-images", "1000",
             "--latency-runs", "100", "--golden", "300", "--no-sensitivity", "--threads", "1",
+            "--docs", str(tmp_path / "docs"), "--search-results", str(search),
         ]
     )  # fmt: skip
     print(f"pipeline smoke run: {time.monotonic() - t0:.0f} s")  # a figure, not a verdict
@@ -54,3 +59,9 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     both = {"minmax-qoperator-u8s8-r7", "minmax-qoperator-u8s8-r7-f1"}
     assert both <= set(card["latency_us"]) and card["quant_recipe"] in both
     assert card["version"] == 1  # no earlier card in --out
+    # The report names both variants with their MACs, the searched candidates and each conv's kernel.
+    report = (tmp_path / "docs" / "model-report.md").read_text()
+    for v in card["variants"]:
+        assert f"| {v['name']} | {v['file']} | {v['size_bytes']} |" in report
+    assert "| cand-x | 1 |" in report and "symmetric indirect conv" in report
+    assert (tmp_path / "docs" / "model-training.png").stat().st_size > 0
