@@ -230,7 +230,7 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=1_000_000, help="frames to replay (default %(default)s)")
     ap.add_argument("--rate", type=float, default=2000.0,
                     help="replay rate in Hz; 0 = as fast as possible (default %(default)s)")
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "digit_int8.onnx")
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "digit.card.json")
     ap.add_argument("--golden", type=Path, default=REPO / "models" / "golden.npz")
     ap.add_argument("--deadline-ms", type=float, default=5.0, help="inference deadline (default %(default)s)")
     ap.add_argument("--qos", type=int, default=1, choices=(0, 1, 2))

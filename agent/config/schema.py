@@ -136,8 +136,9 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    model: str = _f("models/digit_int8.onnx", "ONNX model served until an OTA update commits", path=True)
-    model_card: str = _f("", "model card JSON; empty = <model>.card.json beside the model", path=True)
+    model: str = _f("models/digit.card.json", "model served until an OTA update commits: a model card listing its "
+                    "variants, or one ONNX file", path=True)
+    model_card: str = _f("", "card of a bare ONNX model; empty = <model>.card.json beside it", path=True)
     golden: str = _f("models/golden.npz", "golden set for the start-up self-test and the OTA gate", path=True)
     deadline_ms: float = _f(5.0, "per-inference deadline; misses are counted and flagged",
                             min=0.05, max=10_000.0)

@@ -51,32 +51,26 @@ def make_model(path: Path, kind: str = "ok", opset: int = 17, slow_steps: int = 
     return path
 
 
-def make_variant_set(directory: Path, extra: dict[str, Path] | None = None,
-                     source: Path | None = None) -> Path:
-    """A two-variant model set built from the shipped int8 model: ``int8`` (a copy) and ``fp32`` (its
-    float twin, tools.model.dequantize), plus any ``extra`` {name: onnx file} copied beside them.
-    Returns the set's card (``digit.card.json``)."""
+def make_variant_set(directory: Path, extra: dict[str, Path] | None = None) -> Path:
+    """A copy of the shipped model set (``models/digit.card.json``: ``int8`` and ``fp32``) in
+    ``directory`` with the golden set, plus any ``extra`` {name: onnx file} added as variants.
+    Returns the copy's card."""
     import hashlib
     import json
     import shutil
 
-    from tools.model.dequantize import dequantize
-
     repo = Path(__file__).resolve().parents[2]
-    src = source or repo / "models" / "digit_int8.onnx"
-    card = json.loads((src.with_suffix(".card.json")).read_text())
+    card = json.loads((repo / "models" / "digit.card.json").read_text())
     directory.mkdir(parents=True, exist_ok=True)
-    files = {"int8": ("digit.int8.onnx", src.read_bytes(), "QOperator"),
-             "fp32": ("digit.fp32.onnx", dequantize(src.read_bytes()), "float")}
+    variants = list(card["variants"])
+    for v in variants:
+        shutil.copy(repo / "models" / v["file"], directory / v["file"])
     for name, path in (extra or {}).items():
-        files[name] = (f"digit.{name}.onnx", path.read_bytes(), "float")
-    variants = []
-    for name, (file, data, fmt) in files.items():
-        (directory / file).write_bytes(data)
-        variants.append({"name": name, "file": file, "sha256": hashlib.sha256(data).hexdigest(),
-                         "size_bytes": len(data), "quant_format": fmt})
-    card.update(file=variants[0]["file"], sha256=variants[0]["sha256"], size_bytes=variants[0]["size_bytes"],
-                variants=variants)
+        data = path.read_bytes()
+        (directory / f"digit.{name}.onnx").write_bytes(data)
+        variants.append({"name": name, "file": f"digit.{name}.onnx", "sha256": hashlib.sha256(data).hexdigest(),
+                         "size_bytes": len(data), "quant_format": "float"})
+    card["variants"] = variants
     out = directory / "digit.card.json"
     out.write_text(json.dumps(card, indent=1))
     shutil.copy(repo / "models" / "golden.npz", directory / "golden.npz")

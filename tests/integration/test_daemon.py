@@ -39,16 +39,20 @@ def test_replay_2000_frames_to_2000_results(tmp_path: Path, broker: Broker) -> N
     assert set(first) == {"seq", "boot_id", "frame_seq", "digit", "confidence", "probs", "latency_us",
                           "frame_age_us", "deadline_missed", "model_version", "ts"}
     assert len(first["probs"]) == 10 and abs(sum(first["probs"]) - 1) < 0.01
-    # the same digits through the selftest path: the daemon must agree with the golden accuracy
-    from agent.inference import LoadedModel, evaluate_golden, load_golden
-    from agent.preprocess import Preprocessor
-    model = LoadedModel.load(REPO / "models" / "digit_int8.onnx")
-    golden = evaluate_golden(model, load_golden(REPO / "models" / "golden.npz"),
-                             Preprocessor.from_card(model.card))
-    assert acc == pytest.approx(golden.accuracy, abs=0.01)
     health = [m.json() for m in sub.on("/health")]
     assert health and set(health[-1]) >= HEALTH_KEYS
     last = health[-1]
+    # the same digits through the selftest path: the daemon must agree with the golden accuracy
+    # of the variant it served
+    from agent.inference import LoadedModel, evaluate_golden, load_golden
+    from agent.inference.variants import find, read_model_set
+    from agent.preprocess import Preprocessor
+    served = find(read_model_set(REPO / "models" / "digit.card.json"), last["model"]["variant"])
+    assert served is not None and str(served.path) == last["model"]["path"]
+    model = LoadedModel.load(served.path, card=served.card)
+    golden = evaluate_golden(model, load_golden(REPO / "models" / "golden.npz"),
+                             Preprocessor.from_card(model.card))
+    assert acc == pytest.approx(golden.accuracy, abs=0.01)
     assert last["frames"]["in"] == 2000 and last["frames"]["ok"] == 2000
     assert {"p50_us", "p99_us", "max_us", "inferences", "deadline_misses"} <= set(last["inference"])
     assert {"connected", "reconnects", "queued", "dropped"} <= set(last["mqtt"])

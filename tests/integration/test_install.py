@@ -10,6 +10,7 @@ systemd-sysusers, systemd-tmpfiles and ``systemctl enable`` really run, offline,
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -45,8 +46,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("models")
-    for name in ("digit_int8.onnx", "digit_int8.card.json", "golden.npz"):
+    for name in ("digit.int8.onnx", "digit.fp32.onnx", "golden.npz"):
         (d / name).write_bytes(b"stand-in " + name.encode())  # the installer only copies them
+    (d / "digit.card.json").write_text(json.dumps({"variants": [{"name": "int8", "file": "digit.int8.onnx"},
+                                                                {"name": "fp32", "file": "digit.fp32.onnx"}]}))
     return d
 
 
@@ -136,8 +139,8 @@ def test_installed_config_points_at_installed_files(installed: Path) -> None:
     cfg = load_config(r / "etc/digit-agent/config.toml", environ={})
     for path in (cfg.inference.model, cfg.inference.golden, cfg.ota.state_dir, cfg.ota.trusted_keys):
         assert Path(path).is_absolute() and (r / path.lstrip("/")).exists(), path
-    model = r / cfg.inference.model.lstrip("/")
-    assert model.with_name(model.stem + ".card.json").exists()
+    card = json.loads((r / cfg.inference.model.lstrip("/")).read_text())  # the card lists the variants
+    assert card["variants"] and all((r / "opt/digit-agent/models" / v["file"]).exists() for v in card["variants"])
 
 
 def test_installed_venv_runs_and_unit_verifies_against_it(installed: Path, tmp_path: Path) -> None:

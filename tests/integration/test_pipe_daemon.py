@@ -6,7 +6,6 @@ which frames get a result."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ FRAME = W * H  # gray
 
 
 def _paths() -> dict[str, Path]:
-    paths = {"model": MODELS / "digit_int8.onnx", "card": MODELS / "digit_int8.card.json",
+    paths = {"model": MODELS / "digit.card.json",
              "golden": MODELS / "golden.npz"}
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
@@ -64,15 +63,25 @@ def _source(sub: Collector) -> dict[str, Any]:
     return dict(health[-1].json()["source"]) if health else {}
 
 
-def _reference_digits(fmt: str, count: int) -> np.ndarray:
-    """The same frames through the same model in-process (Preprocessor on the ROI)."""
+def _served(sub: Collector) -> Any:
+    """The variant of the shipped set the daemon reported serving (its health ``model`` section)."""
+    from agent.inference.variants import find, read_model_set
+
+    name = sub.on("/health")[-1].json()["model"]["variant"]
+    v = find(read_model_set(_paths()["model"]), name)
+    assert v is not None, name
+    return v
+
+
+def _reference_digits(fmt: str, count: int, variant: Any) -> np.ndarray:
+    """The same frames through the same model variant in-process (Preprocessor on the ROI)."""
     from agent.inference import LoadedModel
     from agent.preprocess import Preprocessor
     from tools.canvas_stream import stream_frames
 
     with np.load(_paths()["golden"]) as data:
         images = np.asarray(data["images"], np.uint8)
-    model = LoadedModel.load(_paths()["model"], 1)
+    model = LoadedModel.load(variant.path, 1, variant.card)
     pre = Preprocessor.from_card(model.card, max_side=max(ROI[2:]))
     x, y = model.buffers(1)
     out = np.empty(count, np.int64)
@@ -107,9 +116,9 @@ def test_ffmpeg_stream_accuracy_matches_the_model_card(tmp_path: Path, broker: B
     assert len(set(seqs)) == len(seqs) and set(seqs) <= set(range(count))
     digits = np.array([r["digit"] for r in results])
     acc = float(np.mean(digits == labels[np.array(seqs) % len(labels)]))
-    card = json.loads(_paths()["card"].read_text())
-    target = float(card["accuracy"]["int8_transformed_test"])
-    ref = _reference_digits(fmt, count)
+    served = _served(sub)
+    target = float(served.card["transformed_accuracy"])  # the card's figure for the variant that served
+    ref = _reference_digits(fmt, count, served)
     agree = float(np.mean(digits == ref[seqs]))
     print(f"\n{fmt}: {len(results)} results, accuracy {acc * 100:.2f} % (card transformed test "
           f"{target * 100:.2f} %), agreement with in-process reference {agree * 100:.2f} %")

@@ -39,7 +39,8 @@ def test_selftest_prints_the_table_and_caches_the_choice(tmp_path: Path, broker:
     assert "refused" in rows["tiny"] and "serves" not in rows["tiny"]
     assert "measured now" in first.stdout
     served = next(n for n, ln in rows.items() if ln.endswith("<- serves"))
-    assert f"selftest passed: model digit.{served}.onnx version 2, variant {served}" in first.stdout
+    version = json.loads(card.read_text())["version"]
+    assert f"selftest passed: model digit.{served}.onnx version {version}, variant {served}" in first.stdout
     cache = json.loads((tmp_path / "state" / "variant-choice.json").read_text())
     assert cache["entries"][0]["choice"] == served
     again = _selftest(cfg)  # same files, CPU and runtime: no new measurement

@@ -37,8 +37,8 @@ def models(workdir: Path, shipped_ok: bool = True) -> tuple[Path, Path, str]:
     """(model, golden, which): the shipped model when models/ has it, else a synthetic one built
     here (tests/helpers/ota.py: a nearest-centroid ONNX model with its own golden set). Broker and
     serial faults do not depend on which model answers; the soak records which one it ran."""
-    shipped, golden = REPO / "models" / "digit_int8.onnx", REPO / "models" / "golden.npz"
-    if shipped_ok and shipped.exists() and golden.exists() and shipped.with_suffix(".card.json").exists():
+    shipped, golden = REPO / "models" / "digit.card.json", REPO / "models" / "golden.npz"
+    if shipped_ok and shipped.exists() and golden.exists():
         return shipped, golden, "shipped"
     from tests.helpers.ota import model_bytes, write_golden
 

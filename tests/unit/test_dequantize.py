@@ -14,11 +14,11 @@ from agent.preprocess import Preprocessor
 from tools.model.dequantize import dequantize
 
 REPO = Path(__file__).resolve().parents[2]
-QOPERATOR = REPO / "models" / "digit_int8.onnx"
+QOPERATOR = REPO / "models" / "digit.int8.onnx"
 
 
 def _inputs() -> tuple[np.ndarray, np.ndarray]:
-    card = json.loads(QOPERATOR.with_suffix(".card.json").read_text())
+    card = json.loads((REPO / "models" / "digit.card.json").read_text())
     g = load_golden(REPO / "models" / "golden.npz")
     pre = Preprocessor.from_card(card, 64)
     x = np.zeros((len(g.images), 1, 28, 28), np.float32)

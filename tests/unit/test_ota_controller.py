@@ -112,8 +112,9 @@ def test_manifest_not_newer_than_the_serving_model_is_refused(tmp_path: Path, se
 def test_shipped_model_card_version_is_the_floor(tmp_path: Path) -> None:
     """The real shipped model's card version is the floor: a signed manifest of that version is refused."""
     repo = Path(__file__).resolve().parents[2]
-    shipped = LoadedModel.load(repo / "models" / "digit_int8.onnx", 4)
-    v = json.loads((repo / "models" / "digit_int8.card.json").read_text())["version"]
+    card = json.loads((repo / "models" / "digit.card.json").read_text())
+    shipped = LoadedModel.load(repo / "models" / card["file"], 4, card)
+    v = card["version"]
     assert shipped.version == v >= 1
     rig = Rig(tmp_path, shipped)
     rig.ota._on_manifest(rig.envelope(model_bytes("good", tag=1), v))

@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from agent.preprocess import Preprocessor
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "models" / "digit_int8.onnx"
+MODEL = REPO / "models" / "digit.int8.onnx"
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.skipif(not MODEL.exists(), reason="no shipped model (run `make model`)")
 
 
 @pytest.fixture(scope="module")
 def setup() -> tuple[object, Preprocessor, np.ndarray, np.ndarray]:
-    card = json.loads((REPO / "models" / "digit_int8.card.json").read_text())
+    card = json.loads((REPO / "models" / "digit.card.json").read_text())
     sess = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
     pre = Preprocessor.from_card(card, max_side=96)
     with np.load(REPO / "models" / "golden.npz") as g:

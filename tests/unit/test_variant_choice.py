@@ -91,7 +91,7 @@ def test_nothing_passes(variant_set: Path) -> None:
 
 
 def _cands(shas: dict[str, str], calls: list[str]) -> list[Candidate]:
-    model = LoadedModel.load(REPO / "models" / "digit_int8.onnx", 1, {})
+    model = LoadedModel.load(REPO / "models" / "digit.int8.onnx", 1, {})
     golden = GoldenResult(1.0, 1, 10.0, 20.0, True)
 
     def gate(name: str) -> Any:
@@ -161,9 +161,14 @@ def test_cpu_identity_is_stable_and_names_the_architecture() -> None:
 
 
 def test_single_file_models_are_one_variant_sets(tmp_path: Path) -> None:
-    old = read_model_set(REPO / "models" / "digit_int8.card.json")  # a card without variants
-    assert old.names == ["int8"] and old.variants[0].path == REPO / "models" / "digit_int8.onnx"
-    bare = read_model_set(REPO / "models" / "digit_int8.onnx")
+    card = json.loads((REPO / "models" / "digit.card.json").read_text())
+    int8 = next(v for v in card.pop("variants") if v["name"] == "int8")
+    (tmp_path / "old.onnx").write_bytes((REPO / "models" / int8["file"]).read_bytes())
+    (tmp_path / "old.card.json").write_text(json.dumps({**card, "file": "old.onnx", "sha256": int8["sha256"],
+                                                        "quant_format": int8["quant_format"]}))
+    old = read_model_set(tmp_path / "old.card.json")  # a card from before variants: one file
+    assert old.names == ["int8"] and old.variants[0].path == tmp_path / "old.onnx"
+    bare = read_model_set(tmp_path / "old.onnx")  # a bare .onnx, its card beside it
     assert bare.names == ["int8"] and bare.version == old.version
     other = read_model_set(make_model(tmp_path / "m.onnx"))  # no card at all: named after the file
     assert other.names == ["m"]

@@ -36,7 +36,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: shipped model only, short daemon runs")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--models", type=Path, default=REPO / "models", help="digit_int8.onnx, its card, golden.npz")
+    p.add_argument("--models", type=Path, default=REPO / "models",
+                   help="the model set (digit.card.json and its variants) and golden.npz")
     p.add_argument("--only", choices=("frontier", "e2e", "variants"), default=None)
     p.add_argument("--runs", type=int, default=None, help="batch-1 inferences per model (default 20000/2000)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the frontier models")
@@ -53,8 +54,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         args.runs = 2000 if args.quick else 20000
     if args.runs < 100:
         p.error("--runs must be >= 100")
-    if not (args.models / "digit_int8.onnx").exists():
-        p.error(f"{args.models}/digit_int8.onnx not found (make model builds it)")
+    if not (args.models / "digit.card.json").exists():
+        p.error(f"{args.models}/digit.card.json not found (make model builds it)")
     return args
 
 

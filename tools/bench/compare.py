@@ -83,6 +83,12 @@ def _run(tree: Path, out: Path) -> dict[str, Any]:
     return dict(json.loads(js.read_text())["e2e"])
 
 
+def _model_of(tree: Path) -> Path:
+    """What that checkout ships: the model-version card, or (older trees) the single int8 file."""
+    card = tree / "models" / "digit.card.json"
+    return card if card.exists() else tree / "models" / "digit_int8.onnx"
+
+
 def _start_daemon(tree: Path, work: Path, broker: Any, dev: str, cpus: Optional[set[int]]) -> Any:
     import psutil
 
@@ -92,7 +98,7 @@ def _start_daemon(tree: Path, work: Path, broker: Any, dev: str, cpus: Optional[
     cfg = write_config(work / "agent.toml", broker, device={"id": dev}, mqtt={"qos": 0},
                        source={"type": "replay", "path": str(tree / "models" / "golden.npz"), "rate_hz": 0.0,
                                "loop": True},
-                       inference={"model": str(tree / "models" / "digit_int8.onnx"),
+                       inference={"model": str(_model_of(tree)),
                                   "golden": str(tree / "models" / "golden.npz"), "deadline_ms": 5.0},
                        health={"interval_s": 10.0}, homeassistant={"discovery": False})
     log = (work / "agent.log").open("wb")
@@ -113,6 +119,7 @@ def alternate(trees: dict[str, Path], work: Path, rounds: int, window: float) ->
     from tests.helpers.broker import Broker
     from tools.bench.e2e import E2EOptions, _one_core
     from tools.bench.perframe import _Count, _naive, _window
+    from tools.bench.variants import served_in
 
     cpus = _one_core()
     work.mkdir(parents=True, exist_ok=True)
@@ -126,7 +133,7 @@ def alternate(trees: dict[str, Path], work: Path, rounds: int, window: float) ->
             procs[label] = _start_daemon(tree, work / label, broker, dev, cpus)
         opts = E2EOptions(True, REPO / "models", work)
         taps["naive"] = _Count(broker, "digit-agent/naive/result")
-        procs["naive"] = _naive(opts, REPO / "models" / "digit_int8.onnx", broker, cpus)
+        procs["naive"] = _naive(opts, served_in(REPO / "models")[2], broker, cpus)
         deadline = time.monotonic() + 120
         while not all(t.count for t in taps.values()) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -27,6 +27,7 @@ from tests.helpers.broker import Broker, Collector
 from tests.helpers.daemon import AgentProcess, write_config
 from tests.helpers.pty_pair import PtyPair
 from tools.bench.machine import load_average, summarise_us
+from tools.bench.variants import served_in
 from tools.frame_sender import frame_stream
 from tools.progress import Progress
 
@@ -98,6 +99,7 @@ def _daemon(opts: E2EOptions, broker: Broker, name: str, cpus: Optional[set[int]
     d = opts.work / name
     d.mkdir(parents=True, exist_ok=True)
     inference = {"model": str(daemon_model(opts)), "golden": str(opts.models_dir / "golden.npz"),
+                 "variant": served_in(opts.models_dir)[1],  # one choice for every daemon and bare loop
                  "deadline_ms": _DEADLINE_MS, **sections.pop("inference", {})}
     if opts.min_accuracy is not None:
         inference["selftest_min_accuracy"] = opts.min_accuracy
@@ -119,7 +121,7 @@ def _daemon(opts: E2EOptions, broker: Broker, name: str, cpus: Optional[set[int]
 
 def daemon_model(opts: E2EOptions) -> Path:
     """What ``inference.model`` names in every daemon this benchmark starts."""
-    return opts.models_dir / "digit_int8.onnx"
+    return opts.models_dir / "digit.card.json"
 
 
 def _cpu_s(proc: psutil.Process) -> float:

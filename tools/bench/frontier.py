@@ -96,7 +96,7 @@ def variant_entries(models_dir: Path) -> list[ModelEntry]:
 
 
 def _entries(opts: FrontierOptions) -> list[ModelEntry]:
-    shipped = opts.models_dir / "digit_int8.onnx"
+    shipped = opts.models_dir / "digit.int8.onnx"
     rows = [ModelEntry("int8 deployed", shipped, "engine", "int8", "the shipped model")]
     if opts.quick:
         rows.append(ModelEntry("int8 deployed, naive ORT", shipped, "naive", "int8",

@@ -1,6 +1,6 @@
 """What onnxruntime's Python ``run_with_iobinding`` costs per call with and without ``gpu_graph_id``.
 
-    python -m tools.bench.ort_overhead [--model models/digit_int8.onnx] [--out bench/results]
+    python -m tools.bench.ort_overhead [--model models/digit.int8.onnx] [--out bench/results]
 
 The daemon's RunOptions carry ``gpu_graph_id`` (see ``agent.inference.model.run_options``): without
 it, onnxruntime ≥ 1.2x's wrapper takes an exception path on every call. Runs both interleaved, on
@@ -39,7 +39,7 @@ def measure(model: Path, rounds: int = 10, per_round: int = 1000) -> dict[str, d
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("models/digit_int8.onnx"))
+    p.add_argument("--model", type=Path, default=Path("models/digit.int8.onnx"))
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):

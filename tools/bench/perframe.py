@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import psutil
 
 from tests.helpers.broker import Broker, Collector
-from tools.bench.e2e import E2EOptions, _cpu_s, _daemon, _one_core, daemon_model
+from tools.bench.e2e import E2EOptions, _cpu_s, _daemon, _one_core
 from tools.bench.machine import load_average
 
 __all__ = ["run_perframe"]
@@ -71,9 +71,9 @@ def _window(proc: psutil.Process, tap: _Count, seconds: float) -> dict[str, floa
 def served_file(opts: E2EOptions) -> Path:
     """The model file the daemon serves on this host (its own choice when the model is a set of
     variants): the naive script and the hot loops run that same file."""
-    from tools.bench.variants import served_variant
+    from tools.bench.variants import served_in
 
-    return served_variant(daemon_model(opts))[1].resolve()
+    return served_in(opts.models_dir)[2].resolve()  # the same choice the daemons are pinned to
 
 
 def _naive(opts: E2EOptions, model: Path, broker: Broker, cpus: Optional[set[int]]) -> subprocess.Popen[bytes]:

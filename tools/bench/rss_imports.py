@@ -30,7 +30,7 @@ def main() -> int:
         out.append(f"+{name} {_mb():.1f}")
     import onnxruntime as ort
 
-    model = Path(__file__).resolve().parents[2] / "models" / "digit_int8.onnx"
+    model = Path(__file__).resolve().parents[2] / "models" / "digit.int8.onnx"
     _session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     out.append(f"+session {_mb():.1f}")
     print("peak RSS, MB: " + ", ".join(out))

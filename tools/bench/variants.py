@@ -15,6 +15,7 @@ need "the model the daemon serves here" as one file call :func:`served_variant`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -30,8 +31,8 @@ from agent.inference.variants import ModelSet, read_model_set
 from agent.preprocess import Preprocessor
 from tools.bench.machine import machine_info
 
-__all__ = ["SERVED_OVER_FASTEST_LIMIT", "default_card", "measure_variants", "served_variant", "variants_table",
-           "variants_target"]
+__all__ = ["SERVED_OVER_FASTEST_LIMIT", "default_card", "measure_variants", "served_in", "served_variant",
+           "variants_table", "variants_target"]
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,8 @@ SERVED_OVER_FASTEST_LIMIT = 1.03
 
 
 def default_card(models: Path) -> Path:
-    """The model set ``make bench`` measures: the variant card if the directory has one, else the int8 file."""
-    for name in ("digit.card.json", "digit_int8.card.json"):
-        if (models / name).exists():
-            return models / name
-    return models / "digit_int8.onnx"
+    """The model set ``make bench`` measures: the model-version card listing the variants."""
+    return models / "digit.card.json"
 
 
 def _device_choice(models: ModelSet, golden: GoldenSet, pre: Preprocessor, floor: float, seconds_each: float) -> Choice:
@@ -71,6 +69,16 @@ def served_variant(card: Path, golden_path: Optional[Path] = None, seconds_each:
     golden = load_golden(golden_path or card.parent / "golden.npz")
     choice = _device_choice(models, golden, Preprocessor.from_card(models.card, 64), floor, seconds_each)
     return choice.model.variant, choice.model.path
+
+
+@functools.lru_cache(maxsize=4)
+def served_in(models_dir: Path) -> tuple[Path, str, Path]:
+    """``(card, variant name, file)`` for a benchmark run: :func:`served_variant` of the model set in
+    ``models_dir``, decided once per process so every daemon and every bare-model loop of one
+    ``make bench`` runs the same file (daemons get it pinned with ``inference.variant``)."""
+    card = default_card(models_dir)
+    name, path = served_variant(card, models_dir / "golden.npz")
+    return card, name, path
 
 
 def measure_variants(card: Path, golden_path: Optional[Path] = None, seconds_each: float = 3.0,

@@ -140,8 +140,11 @@ def start_broker(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agents", type=int, default=100, help="agent processes to start")
-    p.add_argument("--model", default=str(REPO / "models" / "digit_int8.onnx"),
-                   help="model every agent serves; its re-release is rolled out")
+    p.add_argument("--model", default=str(REPO / "models" / "digit.int8.onnx"),
+                   help="one ONNX file every agent serves; its re-release is rolled out; its card: beside it, "
+                        "else --model-card")
+    p.add_argument("--model-card", default=str(REPO / "models" / "digit.card.json"),
+                   help="card of --model when none is beside it (the model set's card)")
     p.add_argument("--golden", default=str(REPO / "models" / "golden.npz"), help="golden set (replay source too)")
     p.add_argument("--bad-fraction", type=float, default=0.0, help="devices whose OTA gate must fail")
     p.add_argument("--canary-fraction", type=float, default=0.1, help="share of the agents in the canary stage")
@@ -185,6 +188,8 @@ def run(ns: argparse.Namespace) -> int:
     ns.version, ns.job = int(time.time()) % 100000 + 1000, f"sim-{int(time.time())}"
     fleet = Fleet(work, "127.0.0.1", ns.port, Path(ns.model).resolve(), Path(ns.golden).resolve(), n=ns.agents,
                   rate_hz=ns.rate_hz, test_window_s=ns.test_window_s, deadline_ms=ns.gate_p99_ms)
+    if not Path(ns.model).with_suffix(".card.json").exists():  # one variant of a set: the set's card
+        fleet.extra.setdefault("inference", {})["model_card"] = str(Path(ns.model_card).resolve())
     if ns.bad_fraction > 0:
         canaries = make_stages(fleet.ids, ns.job, ns.canary_fraction, 1)[0]
         n_bad = max(1, round(ns.bad_fraction * ns.agents))

@@ -1,6 +1,6 @@
 """The float twin of a QOperator int8 model: the same net with its dequantised weights.
 
-    python -m tools.model.dequantize models/digit_int8.onnx --out build/digit.fp32.onnx
+    python -m tools.model.dequantize models/digit.int8.onnx --out build/digit.fp32.onnx
 
 Why: on a CPU without int8 dot-product instructions the float graph of the same trained net can be
 faster than its int8 file, and the device picks per CPU (agent.inference.variants). This turns an

@@ -1,6 +1,6 @@
 """Operator-support check: run the golden set under another onnxruntime version in a throw-away venv.
 
-    python -m tools.model.ort_compat --ort 1.16.3 [--model models/digit_int8.onnx --golden models/golden.npz]
+    python -m tools.model.ort_compat --ort 1.16.3 [--model models/digit.int8.onnx --golden models/golden.npz]
 
 The venv gets only ``onnxruntime==VERSION`` and numpy from the package index pip is configured
 with; the repository root is put on PYTHONPATH so the child imports ``agent.preprocess`` (pure
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ort", required=True, help="onnxruntime version(s), comma separated")
-    p.add_argument("--model", type=Path, default=REPO / "models" / "digit_int8.onnx")
+    p.add_argument("--model", type=Path, default=REPO / "models" / "digit.int8.onnx")
     p.add_argument("--golden", type=Path, default=REPO / "models" / "golden.npz")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
