@@ -54,15 +54,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
 fi
-# pip's own lines (Collecting / Downloading / Installing) are the progress of a long first install;
-# "already satisfied" lines, the bulk of every later run, are left out (a bash loop: no sed or grep
-# needed; it never fails, so the pipeline's status is pip's under pipefail).
-pip_() {
-  "$VENV/bin/pip" install --disable-pip-version-check "$@" 2>&1 |
-    while IFS= read -r line; do
-      [[ $line == "Requirement already satisfied"* ]] || printf '%s\n' "$line"
-    done
-}
+. tools/pip-progress.sh
+pip_() { pip_progress "$VENV" "$@"; }
 if [ "$want" = dev ]; then
   # torch first, pinned: an unpinned torch may pull a multi-GB CUDA build.
   if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then

@@ -31,7 +31,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $PY (Python $want)"
   "$PY" -m venv "$VENV"
 fi
-pip_() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@"; }
+. tools/pip-progress.sh
+pip_() { pip_progress "$VENV" "$@"; }
 say "installing the lowest versions (tools/lowest-deps.txt) and the test tools"
 pip_ --upgrade pip  # an old distribution pip cannot install a pyproject-only package in editable mode
 pip_ -c tools/lowest-deps.txt -r tools/lowest-deps.txt
