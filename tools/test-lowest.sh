@@ -36,7 +36,7 @@ pip_() { pip_progress "$VENV" "$@"; }
 say "installing the lowest versions (tools/lowest-deps.txt) and the test tools"
 pip_ --upgrade pip  # an old distribution pip cannot install a pyproject-only package in editable mode
 pip_ -c tools/lowest-deps.txt -r tools/lowest-deps.txt
-pip_ -c tools/lowest-deps.txt pytest pytest-timeout pytest-xdist hypothesis onnx
+pip_ -c tools/lowest-deps.txt pytest pytest-timeout pytest-xdist hypothesis onnx tomli-w  # test tools
 pip_ --no-deps -e .
 say "$("$VENV/bin/python" -V) with $("$VENV/bin/python" -c 'import onnxruntime, numpy, paho.mqtt, psutil, cryptography
 print(f"onnxruntime {onnxruntime.__version__}, numpy {numpy.__version__}, paho-mqtt {paho.mqtt.__version__}, "

@@ -84,7 +84,9 @@ class Bench:
             "inference": {"model": str(self.shipped), "golden": str(self.golden), "deadline_ms": 20.0,
                           "selftest_min_accuracy": 0.9, "variant_time_s": 0.05},
             "ota": {"trusted_keys": str(self.keys_dir), "state_dir": str(tmp / "state"),
-                    "test_window_s": 1.0, "stall_s": 0.5, "min_accuracy": 0.9},
+                    # Deadline misses never roll back here (a busy CI core misses a 20 ms deadline
+                    # now and then); the test of that policy sets its own ratio.
+                    "test_window_s": 1.0, "stall_s": 0.5, "min_accuracy": 0.9, "test_max_miss_ratio": 1.0},
             "health": {"interval_s": 5.0},
         }
         for name, values in sections.items():

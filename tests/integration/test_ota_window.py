@@ -26,7 +26,7 @@ def test_test_window_rolls_back_a_model_that_misses_deadlines_live(tmp_path: Pat
     blanks = tmp_path / "blanks.npz"  # what this device's sensor shows: no digit at all
     np.savez(blanks, images=np.zeros((20, 28, 28), np.uint8), labels=np.zeros(20, np.uint8))
     bench = Bench(tmp_path, broker, source={"path": str(blanks), "rate_hz": 50.0},
-                  inference={"deadline_ms": 5.0}, ota={"test_window_s": 3.0})
+                  inference={"deadline_ms": 5.0}, ota={"test_window_s": 3.0, "test_max_miss_ratio": 0.05})
     device = Device(bench.cfg_path)
     try:
         bench.wait_state(None, ("idle",), 20)
