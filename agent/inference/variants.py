@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 from agent.inference.model import ModelError, read_card
 
-__all__ = ["MAX_VARIANTS", "ModelSet", "Variant", "find", "read_model_set", "variant_card", "variant_name"]
+__all__ = ["MAX_VARIANTS", "ModelSet", "Variant", "card_for_file", "find", "read_model_set", "variant_card",
+           "variant_name"]
 
 MAX_VARIANTS = 8
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -114,6 +115,22 @@ def read_model_set(path: Path | str, card_path: str = "") -> ModelSet:
     card = read_card(p, card_path)
     one: dict[str, Any] = {"name": variant_name(card, p), "file": p.name}
     return ModelSet(p, card, (Variant(one["name"], p, "", variant_card(card, one)),))
+
+
+def card_for_file(path: Path) -> dict[str, Any]:
+    """The card one model file serves with: ``<stem>.card.json`` beside it, else its entry in a model-set
+    card of the same directory that lists it (``digit.fp32.onnx`` in ``digit.card.json``), else ``{}``."""
+    beside = read_card(path)
+    if beside:
+        return beside
+    for card in sorted(path.parent.glob("*.card.json")):
+        try:
+            v = next((v for v in read_model_set(card).variants if v.path.resolve() == path.resolve()), None)
+        except ModelError:
+            continue
+        if v is not None:
+            return v.card
+    return {}
 
 
 def find(models: ModelSet, name: str) -> Optional[Variant]:

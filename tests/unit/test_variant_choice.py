@@ -212,3 +212,12 @@ def test_load_preferred_follows_pin_then_cache_then_the_card_order(variant_set: 
     cached = load_preferred(models, 1, state_dir=str(tmp_path))  # no gate, no timing: what was chosen here
     assert (cached.variant, cached.choice["how"]) == (c.model.variant, "cached")
     assert load_preferred(models, 1, pin="tiny").variant == "tiny"  # a pin is obeyed as given
+
+
+def test_card_for_file_finds_a_variant_in_its_set_card(variant_set: Path, tmp_path: Path) -> None:
+    from agent.inference.variants import card_for_file
+
+    card = card_for_file(variant_set.parent / "digit.fp32.onnx")  # no digit.fp32.card.json beside it
+    assert card["variant"] == "fp32" and "normalisation" in card and card["file"] == "digit.fp32.onnx"
+    lone = make_model(tmp_path / "lone.onnx")
+    assert card_for_file(lone) == {}

@@ -65,11 +65,12 @@ def _calibrate(fn: Callable[[int], None], seconds: float) -> int:
 def _pieces(model_path: Path, frames: np.ndarray) -> dict[str, Callable[[int], None]]:
     from agent.inference.engine import Engine
     from agent.inference.model import LoadedModel
+    from agent.inference.variants import card_for_file
     from agent.preprocess import Preprocessor
     from agent.publish.payloads import ResultEncoder
     from agent.source.codec import FrameDecoder, encode_frame
 
-    model = LoadedModel.load(model_path, batch_max=1)
+    model = LoadedModel.load(model_path, batch_max=1, card=card_for_file(model_path))  # a variant: the set's card
     engine = Engine(model, deadline_ms=5.0, watchdog_factor=20.0, stop=threading.Event())
     x, y = model.buffers(1)
     pre = Preprocessor.from_card(model.card, max_side=max(PRE_SIDES))
