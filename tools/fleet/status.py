@@ -51,12 +51,17 @@ class _Feed:
             return sum(1 for r in self.view.devices.values() if r.health_at is not None)
 
 
+# The reads subscribe at QoS 0: retained state and periodic health lose nothing that matters by it,
+# and a clustered broker (NATS) backs each QoS 1 subscription with a JetStream consumer, which it
+# cannot create for seconds after losing a node.
+
+
 def collect(args: argparse.Namespace, timeout: float, expect: int = 0,
             progress: Optional[Progress] = None) -> FleetView:
     """Listen for ``timeout`` seconds (or until ``expect`` devices sent health) and return the view;
     ``progress`` is told how many devices have sent health so far."""
     feed = _Feed(args.prefix)
-    client, _ = connect(connection(args, "status"), feed.on_message, feed.view.topics())
+    client, _ = connect(connection(args, "status"), feed.on_message, feed.view.topics(), qos=0)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
             _emit(collect(args, args.timeout, args.expect), args.json, out, clear=False)
             return 0
         feed = _Feed(args.prefix)
-        client, _ = connect(connection(args, "status"), feed.on_message, feed.view.topics())
+        client, _ = connect(connection(args, "status"), feed.on_message, feed.view.topics(), qos=0)
     except (OSError, TimeoutError) as exc:
         print(f"fleet status: cannot reach the broker at {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2

@@ -36,12 +36,15 @@ class Connection:
     password: str = ""
     tls_ca: str = ""
     client_id: str = ""
+    protocol: str = "5"  # or "3.1.1" (a broker without MQTT 5, e.g. a NATS cluster)
 
 
 def connect(conn: Connection, on_message: Callable[[str, bytes, bool], None],
-            topics: list[str], timeout: float = 10.0) -> tuple[mqtt.Client, Optional[int]]:
-    """A connected MQTT 5 client subscribed to ``topics``; also the broker's maximum packet size."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=conn.client_id, protocol=mqtt.MQTTv5)
+            topics: list[str], timeout: float = 10.0, qos: int = 1) -> tuple[mqtt.Client, Optional[int]]:
+    """A connected client subscribed to ``topics`` at ``qos``; also the broker's maximum packet size
+    (MQTT 5 only)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=conn.client_id,
+                         protocol=mqtt.MQTTv311 if conn.protocol == "3.1.1" else mqtt.MQTTv5)
     if conn.username:
         client.username_pw_set(conn.username, conn.password or None)
     if conn.tls_ca:
@@ -52,7 +55,7 @@ def connect(conn: Connection, on_message: Callable[[str, bytes, bool], None],
     def on_connect(c: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         info["max_packet"] = getattr(props, "MaximumPacketSize", None) if props is not None else None
         if topics:
-            c.subscribe([(t, 1) for t in topics])
+            c.subscribe([(t, qos) for t in topics])
         else:
             ready.set()
 
