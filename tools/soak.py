@@ -42,7 +42,7 @@ __all__ = ["Sample", "main", "summarise"]
 
 REPO = Path(__file__).resolve().parents[1]
 Sample = dict[str, float]
-_FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu_s", "results", "misses", "steal_s", "stopping")
+_FIELDS = ("t_s", "rss_mb", "fds", "threads", "cpu_s", "results", "misses", "p99_us", "steal_s", "stopping")
 
 
 def _start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -81,6 +81,13 @@ class _Counter:
         with self._lock:
             return int(((self.health or {}).get("inference") or {}).get("deadline_misses") or 0)
 
+    @property
+    def p99_us(self) -> float:
+        """p99 inference latency of the newest health interval (NaN before the first or in an idle one)."""
+        with self._lock:
+            v = ((self.health or {}).get("inference") or {}).get("p99_us")
+        return float(v) if v is not None else float("nan")
+
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
@@ -109,7 +116,8 @@ def _sample(proc: psutil.Process, t0: float, counter: _Counter) -> Optional[Samp
             cpu = proc.cpu_times()
             return {"t_s": round(time.monotonic() - t0, 2), "rss_mb": proc.memory_info().rss / 2**20,
                     "fds": _held_fds(proc), "threads": proc.num_threads(), "cpu_s": cpu.user + cpu.system,
-                    "results": counter.results, "misses": counter.misses, "steal_s": host_steal_s()}
+                    "results": counter.results, "misses": counter.misses, "p99_us": counter.p99_us,
+                    "steal_s": host_steal_s()}
     except psutil.Error:
         return None  # the daemon just exited
 
@@ -205,24 +213,20 @@ def summarise(samples: list[Sample], warmup_frac: float, max_drift_mb: float,
     return out
 
 
-def _plot(samples: list[Sample], path: Path, title: str, warmup_t: float) -> None:
-    import matplotlib
+def _plot(samples: list[Sample], path: Path, title: str, warmup_t: float, deadline_ms: float) -> None:
+    from tools.bench.plots import plot_soak
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plot_soak(samples, path, title, warmup_t, deadline_ms)
 
-    t = [s["t_s"] for s in samples]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
-    for ax, key, label in zip(axes, ("rss_mb", "fds", "threads"), ("RSS (MiB)", "open fds", "threads")):
-        ax.plot(t, [s[key] for s in samples], lw=1)
-        ax.axvline(warmup_t, color="grey", ls="--", lw=0.8)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_title(title)
-    axes[-1].set_xlabel("seconds (dashed: end of warm-up)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+def replot(stem: Path) -> Path:
+    """``<stem>.png`` drawn again from ``<stem>.csv`` and ``.json`` (no daemon runs)."""
+    with stem.with_suffix(".csv").open(newline="") as f:
+        samples = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    summary = json.loads(stem.with_suffix(".json").read_text())
+    _plot(samples, stem.with_suffix(".png"), f"soak: {summary['frames']} frames, {Path(summary['model']).name}",
+          float(summary.get("warmup_end_s") or 0.0), float(summary["deadline_ms"]))
+    return stem.with_suffix(".png")
 
 
 def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -242,6 +246,8 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--device", default="soak")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--name", default="", help="file name stem (default soak-<date>)")
+    ap.add_argument("--replot", type=Path, default=None, metavar="STEM",
+                    help="only redraw STEM.png from an earlier run's STEM.csv and STEM.json")
     return ap.parse_args(argv)
 
 
@@ -293,6 +299,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.replot is not None:
+        print(f"wrote {replot(args.replot)}")
+        return 0
     for p in (args.model, args.golden):
         if not p.exists():
             print(f"soak: {p} does not exist (build the model with `make model`, or pass --model/--golden)",
@@ -322,7 +331,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     stem.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     if samples:
         _plot(samples, stem.with_suffix(".png"), f"soak: {args.frames} frames, {args.model.name}",
-              verdict.get("warmup_end_s", 0.0))
+              verdict.get("warmup_end_s", 0.0), args.deadline_ms)
     print(json.dumps({k: v for k, v in summary.items() if k != "log_tail"}, indent=1))
     print(f"soak: {'PASS' if not problems else 'FAIL: ' + '; '.join(problems)} ({stem}.*)")
     return 0 if not problems else 1

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from tools.bench import report
+from tools.bench import plots, report
 from tools.bench.machine import load_average, machine_info
 
 __all__ = ["main", "parse_args"]
@@ -45,10 +45,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the daemon")
     p.add_argument("--report", type=Path, default=None, metavar="JSON",
                    help="only rebuild the Markdown of an earlier result file (plots are kept)")
+    p.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                   help="only redraw the frontier and latency PNGs of an earlier result file")
     p.add_argument("--min-accuracy", type=float, default=None,
                    help="override the daemon's self-test floor (only for a dev model)")
     args = p.parse_args(argv)
-    if args.report is not None:
+    if args.report is not None or args.replot is not None:
         return args
     if args.runs is None:
         args.runs = 2000 if args.quick else 20000
@@ -60,10 +62,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def _strip_samples(e2e: dict[str, Any]) -> None:
+    """Raw latency samples out of the result file; their quantiles stay so the plots can be redrawn."""
     for v in e2e.values():
         if isinstance(v, dict):
-            v.pop("frame_age_us_samples", None)
-            v.pop("e2e_us_samples", None)
+            for stem in ("frame_age_us", "e2e_us"):
+                samples = v.pop(f"{stem}_samples", None)
+                if samples:
+                    v[f"{stem}_quantiles"] = plots.quantiles(samples)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,6 +120,19 @@ def write(doc: dict[str, Any], out: Path) -> dict[str, Path]:
     return files
 
 
+def replot(path: Path) -> list[Path]:
+    """The frontier and latency PNGs of a result JSON, drawn again (no benchmark runs)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    if "frontier" in doc:
+        out.append(path.parent / f"{path.stem}-frontier.png")
+        report.plot_frontier(doc["frontier"], out[-1])
+    if "e2e" in doc:
+        out.append(path.parent / f"{path.stem}-latency.png")
+        report.plot_histogram(doc["e2e"], out[-1])
+    return out
+
+
 def rebuild_markdown(path: Path) -> Path:
     """Markdown (and target verdicts) again from a result JSON, e.g. after the report code changed."""
     doc = json.loads(path.read_text(encoding="utf-8"))
@@ -130,6 +148,10 @@ def rebuild_markdown(path: Path) -> Path:
 def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
+    if args.replot is not None:
+        for png in replot(args.replot):
+            print(f"wrote {png}")
+        return 0
     if args.report is not None:
         print(f"wrote {rebuild_markdown(args.report)}")
         return 0

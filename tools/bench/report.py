@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from tools.bench.plots import plot_frontier, plot_histogram  # the figures are drawn in plots.py
+
 __all__ = ["PI_FACTORS", "frontier_table", "perframe_table", "pi_estimate", "plot_frontier", "plot_histogram",
            "plumbing_targets", "targets", "write_markdown"]
 
@@ -282,67 +284,3 @@ def write_markdown(doc: dict[str, Any], path: Path, images: dict[str, str]) -> s
     text = "\n".join(parts)
     path.write_text(text, encoding="utf-8")
     return text
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_frontier(frontier: dict[str, Any], path: Path) -> None:
-    """Accuracy vs batch-1 p50 latency (log scale), marker area ∝ model file bytes; seed's figures hollow."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5))
-
-    def area(kb: float) -> float:
-        return float(np.clip(kb, 1, None) ** 0.5 * 12)
-
-    # Our rows cluster within a few µs of each other: a legend, not labels that overprint.
-    for r in frontier["rows"]:
-        kb = r["file_bytes"] / _KB
-        ax.scatter(r["b1_p50_us"], r["accuracy"] * 100, s=area(kb), alpha=0.6,
-                   marker="o" if r["mode"] == "engine" else "s", label=f"{r['name']} ({kb:,.1f} KB)")
-    for s in frontier["seed_published"]:
-        ax.scatter(s["p50_us"], s["accuracy"] * 100, s=area(s["file_kb"]), facecolors="none", edgecolors="grey")
-        ax.annotate(f"{s['name']}\n{s['file_kb']:,} KB", (s["p50_us"], s["accuracy"] * 100), fontsize=7,
-                    color="grey", xytext=(4, -12), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("batch-1 latency p50 (µs, log)")
-    ax.set_ylabel("MNIST test accuracy (%)")
-    ax.set_title("Frontier: accuracy vs latency (marker area ~ sqrt(model bytes); grey = seed's published)")
-    ax.title.set_fontsize(9)
-    ax.grid(True, which="both", alpha=0.3)
-    legend = ax.legend(fontsize=7, loc="lower left", markerscale=0.5, title="this project (square = naive ORT)")
-    legend.get_title().set_fontsize(7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_histogram(e2e: dict[str, Any], path: Path) -> None:
-    """Frame→result (daemon) at 100/500 fps and frame→subscriber over the pty, log-count histograms."""
-    plt = _plt()
-    series = [(f"replay {k.split('_')[1]}: frame→result", e2e[k].get("frame_age_us_samples", []))
-              for k in ("replay_100fps", "replay_500fps") if k in e2e]
-    if "serial_100fps" in e2e:
-        series.append(("serial pty 100 fps: frame→subscriber", e2e["serial_100fps"].get("e2e_us_samples", [])))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    data = [np.asarray(s, dtype=np.float64) for _, s in series]
-    hi = max((float(d.max()) for d in data if len(d)), default=1000.0)
-    bins = np.geomspace(10, max(hi * 1.1, 100), 80)  # log-spaced: the body and the tail both show
-    for (label, _), d in zip(series, data):
-        if len(d):
-            ax.hist(np.clip(d, bins[0], bins[-1]), bins=bins, alpha=0.5, label=f"{label} (n={len(d)})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("µs (log)")
-    ax.set_ylabel("frames")
-    ax.set_title("Daemon latency histogram")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
