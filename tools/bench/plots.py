@@ -216,10 +216,10 @@ def plot_histogram(e2e: dict[str, Any], path: Path) -> None:
 
 # --- soak -----------------------------------------------------------------------------------------
 
-def _slope_per_hour(t: np.ndarray, v: np.ndarray) -> Optional[float]:
+def _slope_per_min(t: np.ndarray, v: np.ndarray) -> Optional[float]:
     if len(t) < 3 or float(np.ptp(t)) <= 0:
         return None
-    return float(np.polyfit(t, v, 1)[0] * 3600)
+    return float(np.polyfit(t, v, 1)[0] * 60)
 
 
 def plot_soak(samples: list[dict[str, float]], path: Path, title: str, warmup_t: float,
@@ -236,10 +236,11 @@ def plot_soak(samples: list[dict[str, float]], path: Path, title: str, warmup_t:
         rss = np.array([s["rss_mb"] for s in steady])
         base = float(np.mean(rss[:max(1, len(rss) // 10)]))
         ax.plot(t, (rss - base) * 1024, lw=1, marker=".", ms=3, label="RSS − mean of the first tenth after warm-up")
-        slope = _slope_per_hour(t, rss)
+        slope = _slope_per_min(t, rss)
         if slope is not None:
             fit = np.polyval(np.polyfit(t, (rss - base) * 1024, 1), t)
-            ax.plot(t, fit, color="red", lw=1.2, label=f"least-squares slope {slope * 1024:+.1f} KiB/h")
+            ax.plot(t, fit, color="red", lw=1.2, label=f"least-squares slope {slope * 1024:+.2f} KiB/min over "
+                                                    f"{(t[-1] - t[0]) / 60:.1f} min")
         ax.legend(fontsize=8, loc="upper left")
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_ylabel("RSS change (KiB)")
