@@ -50,3 +50,10 @@ bench:                      ## full benchmark (~15-30 min): model frontier + dae
 
 bench-quick:                ## smoke benchmark (<= 3 min, CI runs it too): shipped model, short runs -> build/bench/
 	$(PY) -m tools.bench --quick --out build/bench
+
+.PHONY: test-arm64 bench-arm64
+test-arm64:                 ## as root: Raspberry Pi OS arm64 under qemu (Pi 4 and Pi 5 CPUs): install, selftest, unit suite, replay
+	VENV=$(VENV) tools/test-arm64.sh
+
+bench-arm64:                ## as root: aarch64 instructions per inference and per daemon frame -> bench/results/arm64-insns.*
+	VENV=$(VENV) tools/bench-arm64.sh

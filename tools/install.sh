@@ -159,7 +159,9 @@ start_service() {
 
 do_install() {
     [[ -e $FROM ]] || die "--from $FROM does not exist"
-    FROM="$(cd "$(dirname "$FROM")" && pwd)/$(basename "$FROM")"
+    local parent
+    parent="$(cd "$(dirname "$FROM")" && pwd)"
+    FROM="${parent%/}/$(basename "$FROM")"  # not "//src" for a top-level tree: pip reads that as a URL
     install_files
     install_models
     install_venv
