@@ -26,5 +26,5 @@ def test_the_hosts_own_wrong_answer_is_accepted_another_is_not() -> None:
 
 def test_missing_and_duplicate_results_fail() -> None:
     assert "4 results for 5 frames" in verify(_results([3, 1, 4, 1]), 5, LABELS, HOST)
-    dup = _results([3, 1, 4, 1]) + [{"frame_seq": 0, "digit": 3}]
+    dup = [*_results([3, 1, 4, 1]), {"frame_seq": 0, "digit": 3}]
     assert "duplicate frame_seq values" in verify(dup, 5, LABELS, HOST)
