@@ -11,10 +11,12 @@ out. Prints the predicted digit so a broken run cannot pass for a fast one.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from agent.inference import LoadedModel, load_golden
+from agent.inference.variants import card_for_file
 from agent.preprocess import Preprocessor
 
 __all__ = ["main"]
@@ -22,7 +24,7 @@ __all__ = ["main"]
 
 def main(argv: list[str]) -> int:
     model_path, golden_path, n = argv[0], argv[1], int(argv[2])
-    model = LoadedModel.load(model_path, batch_max=1)
+    model = LoadedModel.load(model_path, batch_max=1, card=card_for_file(Path(model_path)) or None)
     golden = load_golden(golden_path)
     x, y = model.buffers(1)
     Preprocessor.from_card(model.card)(golden.images[0], x[0])

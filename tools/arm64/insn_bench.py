@@ -11,7 +11,8 @@ model loading cancel:
 - per inference, for every ``*.onnx`` the install put in /opt/digit-agent/models:
   (count(N) - count(0)) / N with tools/arm64/count_infer.py (``LoadedModel.run(1)``, batch 1)
 - per daemon frame: the installed daemon replaying frames to a mosquitto on this host, QoS 0,
-  as fast as it can, batch_max 1 (micro-batches would depend on thread timing), health every hour:
+  as fast as it can, batch_max 1 (micro-batches would depend on thread timing), health every hour,
+  pinned to one variant (``--variant int8``; left to itself it picks one by timing):
   (count(F2) - count(F1)) / (F2 - F1)
 
 Writes ``<out>/arm64-insns.json`` and ``.md``.
@@ -93,11 +94,12 @@ def per_inference(count: Counter, python: str, model: str, golden: str, cwd: str
 
 
 def per_frame(count: Counter, python: str, config: str, cwd: str, frames: tuple[int, int],
-              golden: str, port: int) -> dict[str, Any]:
+              golden: str, port: int, variant: str) -> dict[str, Any]:
     sets = {"device.id": "insn-bench", "mqtt.host": "127.0.0.1", "mqtt.port": port, "mqtt.username": "",
             "mqtt.password_file": "", "mqtt.qos": 0, "source.type": "replay", "source.path": golden,
             "source.rate_hz": 0, "source.loop": "true", "inference.deadline_ms": 500,
-            "inference.batch_max": 1, "health.interval_s": 3600, "ota.enabled": "false"}
+            "inference.batch_max": 1, "inference.variant": variant, "health.interval_s": 3600,
+            "ota.enabled": "false"}
     counts = []
     for n in frames:
         argv = [python, "-m", "agent", "--log-level", "WARNING", "run", "--config", config]
@@ -111,7 +113,10 @@ def per_frame(count: Counter, python: str, config: str, cwd: str, frames: tuple[
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     root: Path = args.root
     gcfg = parse_config((root / GUEST_CONFIG.lstrip("/")).read_text(encoding="utf-8"), GUEST_CONFIG)
-    shipped, golden_g = Path(str(gcfg.inference.model)).name, str(gcfg.inference.golden)
+    golden_g = str(gcfg.inference.golden)
+    # The daemon picks a variant by timing; pinned here, so the count is of one known model file.
+    shipped = next((m for m in sorted(p.name for p in (root / "opt/digit-agent/models").glob("*.onnx"))
+                    if f".{args.variant}." in m or m.endswith(f"_{args.variant}.onnx")), "")
     models = sorted(p.name for p in (root / "opt/digit-agent/models").glob("*.onnx"))
     broker = start_mosquitto(work, port := free_port())
     res: dict[str, Any] = {"shipped_model": shipped, "models": models, "n": args.n, "frames": args.frames,
@@ -133,7 +138,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 say(f"{name}: {m}: {t['models'][m]['per_inference']:,} instructions per inference "
                     f"(halves differ by {t['models'][m]['spread']:.2%})")
             say(f"{name}: daemon, {args.frames[0]} and {args.frames[1]} frames")
-            t["daemon"] = per_frame(count, python, config, cwd, args.frames, gold, port)
+            t["daemon"] = per_frame(count, python, config, cwd, args.frames, gold, port, args.variant)
             if shipped in t["models"]:
                 model_n = t["models"][shipped]["per_inference"]
                 t["daemon"]["ratio_to_model"] = round(t["daemon"]["per_frame"] / model_n, 3)
@@ -168,6 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--n", type=int, default=1000, help="inferences (and twice that) per count")
     ap.add_argument("--frames", type=int, nargs=2, default=(1000, 3000), help="daemon frame counts F1 F2")
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--variant", default="int8", help="the model-card variant the daemon is pinned to")
     ap.add_argument("--no-x86", action="store_true", help="skip the callgrind counts on this host")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)

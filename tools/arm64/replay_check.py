@@ -6,7 +6,8 @@ Runs ``digit-agent run`` as installed by ``tools/install.sh`` (its ``/etc/digit-
 with the source switched to a replay of the installed golden set and the broker to a throw-away
 mosquitto here. Each result's digit must equal its frame's label, or, for a frame the model itself gets
 wrong, the digit this host's onnxruntime computes from one of the same model files (the daemon picks
-a variant by timing, so any of them): the answers must be the same, not only the accuracy. Exit 0 when all ``frames`` results arrived and passed.
+a variant by timing, so any of them): the answers must be the same, not only the accuracy.
+Exit 0 when all ``frames`` results arrived and passed.
 """
 
 from __future__ import annotations
