@@ -257,6 +257,7 @@ class Publisher:
             "produced": produced, "queued": queued, "inflight": s.inflight, "dropped": dropped,
             "retained_queued": retained_queued, "retained_coalesced": retained_coalesced,
             "rejected": rejected + s.fl.rejected, "sent": s.fl.sent, "acked": s.fl.acked,
+            "retained_sent": s.fl.retained_sent,
             "rx": self._dispatch.received, "rx_dropped": self._dispatch.dropped,
             "handler_errors": self._dispatch.errors, "loop_restarts": s.loop_restarts,
             "last_error": s.last_error,

@@ -12,6 +12,7 @@ import logging
 from typing import Any, Optional, Protocol
 
 from agent.publish.outbox import Message
+from agent.publish.retained import Retained
 
 __all__ = ["POISON_STRIKES", "QOS0_WINDOW", "Inflight"]
 
@@ -43,6 +44,9 @@ class Inflight:
         self._strikes = 0
         self._acked_at_connect = 0
         self.sent = self.acked = self.rejected = 0
+        # The retained lane's messages are re-sent on every connection, so they are kept out of the
+        # outbox's ledger (produced = acked + dropped + queued + inflight) and counted apart.
+        self.retained_sent = 0
 
     def __len__(self) -> int:
         return len(self._msgs)
@@ -52,7 +56,7 @@ class Inflight:
         receive_max = getattr(connack_props, "ReceiveMaximum", None)
         self.window = min(self._max_inflight, receive_max or self._max_inflight)
         self.max_packet = int(getattr(connack_props, "MaximumPacketSize", 0) or 0)
-        self._acked_at_connect = self.acked
+        self._acked_at_connect = self.acked + self.retained_sent
 
     def take(self, outbox: _Queue) -> list[Message]:
         """Pop from the outbox what the windows allow, oldest first (caller holds the outbox lock)."""
@@ -94,7 +98,11 @@ class Inflight:
         if m is None:
             return None
         self.unreserve(m, rejected=failed)
-        if not failed:
+        if failed:
+            return m
+        if type(m) is Retained:
+            self.retained_sent += 1
+        else:
             self.sent += 1
             self.acked += m.qos > 0
         return m
@@ -111,7 +119,7 @@ class Inflight:
         self._msgs.clear()
         self._n_q0 = self._n_q1 = 0
         if was_connected and back:
-            if self.acked == self._acked_at_connect and back[0] is self._suspect:
+            if self.acked + self.retained_sent == self._acked_at_connect and back[0] is self._suspect:
                 self._strikes += 1
             else:
                 self._suspect, self._strikes = back[0], 1
