@@ -30,7 +30,7 @@ a64_say "built build/arm64/insn_count.so ($(qemu-aarch64 --version | head -1))"
 arm64_rootfs "$ROOT"
 arm64_copy_src "$ROOT"
 arm64_mount "$ROOT" cortex-a72
-arm64_install "$ROOT"
+arm64_install "$ROOT" "$HOST_PY"
 
 # The dynamic qemu-aarch64 inside the chroot: its x86-64 loader and libraries beside it, a wrapper to run it.
 q="$ROOT/opt/qemu-host"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -40,6 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 GUEST_CONFIG = "/etc/digit-agent/config.toml"
 GUEST_VENV = "/opt/digit-agent/venv"
 Counter = Callable[[list[str], str], int]  # (argv, cwd) -> instructions of that process
+# A fixed string-hash seed: with a random one, dict layouts (and instruction counts) differ run to run.
+ENV = {**os.environ, "PYTHONHASHSEED": "0"}
 
 
 def say(msg: str) -> None:
@@ -57,7 +60,7 @@ def qemu_counter(root: Path, qemu: str, plugin: str, cpu: str, timeout: float) -
         out = f"/tmp/insn-{time.monotonic_ns()}.txt"
         inner = f"cd {shlex.quote(cwd)} && exec {qemu} -cpu {cpu} -plugin {plugin},out={out} {shlex.join(argv)}"
         proc = subprocess.Popen(["chroot", str(root), "/bin/sh", "-c", inner], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, env=ENV)
         text, _ = proc.communicate(timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"{shlex.join(argv)} ({cpu}) exited {proc.returncode}: {text[-2000:]}")
@@ -74,7 +77,7 @@ def callgrind_counter(python: str, timeout: float) -> Counter:
             out = Path(tmp) / "cg.out"
             cmd = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--compress-strings=no",
                    f"--callgrind-out-file={out}", python, *argv[1:]]
-            p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+            p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, env=ENV)
             if p.returncode != 0:
                 raise RuntimeError(f"{shlex.join(cmd)} exited {p.returncode}: {(p.stdout + p.stderr)[-2000:]}")
             for line in out.read_text().splitlines():
@@ -169,7 +172,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--root", type=Path, required=True)
     ap.add_argument("--qemu", required=True, help="guest path of the command that runs the dynamic qemu-aarch64")
     ap.add_argument("--plugin", required=True, help="guest path of insn_count.so")
-    ap.add_argument("--cpus", nargs="+", default=["cortex-a72", "cortex-a76"])
+    ap.add_argument("--cpus", nargs="*", default=["cortex-a72", "cortex-a76"], help="none: x86-64 only")
     ap.add_argument("--n", type=int, default=1000, help="inferences (and twice that) per count")
     ap.add_argument("--frames", type=int, nargs=2, default=(1000, 3000), help="daemon frame counts F1 F2")
     ap.add_argument("--timeout", type=float, default=1800.0)
