@@ -16,6 +16,8 @@ from typing import Any, Optional
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.helpers.wait import wait_until
+
 __all__ = ["Broker", "Collector", "free_port"]
 
 
@@ -139,12 +141,7 @@ class Collector:
             return [m for m in self.messages if m.topic.endswith(suffix)]
 
     def wait_for(self, pred: Callable[[Collector], bool], timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred(self):
-                return True
-            time.sleep(0.05)
-        return pred(self)
+        return wait_until(lambda: pred(self), timeout, interval=0.05)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.helpers.broker import Broker
+from tests.helpers.wait import wait_until
 
 __all__ = ["Got", "MosquittoNodes", "Node", "NodeCollector", "Nodes"]
 
@@ -117,12 +118,7 @@ class NodeCollector:
         return json.loads(hs[-1].payload) if hs else None
 
     def wait(self, pred: Callable[[NodeCollector], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred(self):
-                return True
-            time.sleep(0.05)
-        return pred(self)
+        return wait_until(lambda: pred(self), timeout, interval=0.05)
 
     def close(self) -> None:
         self.c.loop_stop()
